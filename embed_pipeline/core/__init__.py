@@ -1,0 +1,1 @@
+"""What several stages share: settings, artifact paths and atomic writes, record schemas, the encoder."""

@@ -1,0 +1,120 @@
+"""The text encoder every stage uses: any Hugging Face encoder with pooling, normalisation and prefixes.
+
+Inference sorts texts by length so each batch pads only to its own longest text (length bucketing), then
+restores the caller's order.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, Field
+from transformers import AutoModel, AutoTokenizer
+
+from embed_pipeline.core.progress import Progress
+from embed_pipeline.core.settings import DEFAULT_BASE_MODEL, offline_env, resolve_model_path
+
+Pooling = Literal["mean", "cls", "last_token"]
+TextKind = Literal["query", "passage"]
+
+
+class EncoderConfig(BaseModel):
+    """How texts become vectors."""
+
+    model: str = Field(DEFAULT_BASE_MODEL, description="Hugging Face hub id or local model folder.")
+    pooling: Pooling = Field("mean", description="Token pooling: mean, cls or last_token.")
+    normalize: bool = Field(True, description="L2-normalise embeddings (cosine = dot product).")
+    query_prefix: str = Field("query: ", description="Prepended to every query.")
+    passage_prefix: str = Field("passage: ", description="Prepended to every passage.")
+    query_max_length: int = Field(512, ge=8, description="Tokens kept per query.")
+    passage_max_length: int = Field(512, ge=8, description="Tokens kept per passage.")
+    batch_size: int = Field(64, ge=1, description="Texts per forward pass at inference.")
+
+
+def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: Pooling) -> torch.Tensor:
+    """Pool token states [B, T, H] into one vector per text [B, H]."""
+    if pooling == "mean":
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+    if pooling == "cls":
+        return hidden[:, 0]
+    if pooling == "last_token":
+        # Works for right padding: the last attended position of each row.
+        last = attention_mask.sum(1) - 1
+        if bool((attention_mask[:, -1] == 1).all()):  # left padding: the last column is the last token
+            return hidden[:, -1]
+        return hidden[torch.arange(hidden.size(0), device=hidden.device), last]
+    raise ValueError(f"Unknown pooling {pooling!r}: use 'mean', 'cls' or 'last_token'.")
+
+
+class Encoder:
+    """A tokenizer and a transformer with the pooling, normalisation and prefixes of an ``EncoderConfig``."""
+
+    def __init__(self, config: EncoderConfig, device: str | torch.device | None = None) -> None:
+        offline_env()
+        self.config = config
+        path = resolve_model_path(config.model)
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(path)
+            self.model = AutoModel.from_pretrained(path)
+        except OSError as exc:
+            raise RuntimeError(
+                f"Could not load encoder {config.model!r} (resolved to {path!r}): {exc}. Point EMBED_BASE_MODEL "
+                "(or the run config's `model`) at a local model folder or a hub id available offline."
+            ) from exc
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.model.to(self.device)
+        self.model.eval()
+        self.model_path = path
+
+    @property
+    def dimension(self) -> int:
+        return int(self.model.config.hidden_size)
+
+    def prefixed(self, texts: list[str], kind: TextKind) -> list[str]:
+        prefix = self.config.query_prefix if kind == "query" else self.config.passage_prefix
+        return [prefix + t for t in texts]
+
+    def tokenize(self, texts: list[str], kind: TextKind) -> dict[str, torch.Tensor]:
+        """Tokenize with the kind's prefix and max length, padded to the batch's longest text."""
+        max_len = self.config.query_max_length if kind == "query" else self.config.passage_max_length
+        batch = self.tokenizer(
+            self.prefixed(texts, kind), padding=True, truncation=True, max_length=max_len, return_tensors="pt"
+        )
+        return {k: v.to(self.device) for k, v in batch.items()}
+
+    def embed(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Forward, pool and (optionally) normalise; differentiable, for training."""
+        out = self.model(**features)
+        emb = pool(out.last_hidden_state, features["attention_mask"], self.config.pooling)
+        return F.normalize(emb, p=2, dim=-1) if self.config.normalize else emb
+
+    @torch.inference_mode()
+    def encode(
+        self,
+        texts: list[str],
+        kind: TextKind,
+        batch_size: int | None = None,
+        logger: logging.Logger | None = None,
+        label: str | None = None,
+    ) -> np.ndarray:
+        """Encode texts to a float32 array [N, D], in the caller's order."""
+        if not texts:
+            return np.zeros((0, self.dimension), dtype=np.float32)
+        bs = batch_size or self.config.batch_size
+        order = np.argsort([-len(t) for t in texts], kind="stable")
+        out = np.empty((len(texts), self.dimension), dtype=np.float32)
+        was_training = self.model.training
+        self.model.eval()
+        progress = Progress(label or f"encode {kind}s", len(texts), logger, unit="texts")
+        for start in range(0, len(texts), bs):
+            idx = order[start : start + bs]
+            emb = self.embed(self.tokenize([texts[i] for i in idx], kind))
+            out[idx] = emb.float().cpu().numpy()
+            progress.update(len(idx))
+        self.model.train(was_training)
+        return out

