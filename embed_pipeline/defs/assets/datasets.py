@@ -1,0 +1,157 @@
+"""`qa_splits`, `eval_set` and `training_examples`: from synthetic pairs to evaluation and training data."""
+
+
+import time
+
+import dagster as dg
+
+from embed_pipeline.core.artifacts import read_json, read_jsonl
+from embed_pipeline.core.encoder import Encoder
+from embed_pipeline.core.records import Chunk, QAPair, TrainingExample
+from embed_pipeline.defs.assets.ingest import chunks
+from embed_pipeline.defs.assets.synthetic_data import qa_pairs
+from embed_pipeline.defs.config import run_config_for, to_stage
+from embed_pipeline.defs.metadata import path_value, sample_table, upstream_file
+from embed_pipeline.defs.partitions import corpus_partitions
+from embed_pipeline.defs.resources import BaseEncoder, PipelineStorage
+from embed_pipeline.stages.eval_set import build_eval_set
+from embed_pipeline.stages.mining import MiningConfig, mine_hard_negatives, write_training_examples
+from embed_pipeline.stages.splits import SPLITS, SplitConfig, split_pairs, write_splits
+
+SplitsRunConfig = run_config_for(SplitConfig, "SplitsRunConfig")
+MiningRunConfig = run_config_for(MiningConfig, "MiningRunConfig")
+
+
+def _chunks(storage: PipelineStorage, corpus: str) -> list[Chunk]:
+    return read_jsonl(upstream_file(storage.asset_dir(corpus, "chunks"), "chunks.jsonl", "chunks"), Chunk)
+
+
+def _split(storage: PipelineStorage, corpus: str, split: str) -> list[QAPair]:
+    return read_jsonl(upstream_file(storage.asset_dir(corpus, "qa_splits"), f"{split}.jsonl", "qa_splits"), QAPair)
+
+
+def _doc_splits(storage: PipelineStorage, corpus: str) -> dict[str, str]:
+    return read_json(upstream_file(storage.asset_dir(corpus, "qa_splits"), "doc_splits.json", "qa_splits"))
+
+
+@dg.asset(
+    partitions_def=corpus_partitions,
+    code_version="1",
+    group_name="data",
+    deps=[qa_pairs, chunks],
+    kinds={"python"},
+    check_specs=[dg.AssetCheckSpec("no_document_in_two_splits", asset="qa_splits", blocking=True)],
+)
+def qa_splits(context: dg.AssetExecutionContext, config: SplitsRunConfig, storage: PipelineStorage):
+    """Quality filter, then train/val/test split by document (no document in two splits)."""
+    corpus = context.partition_key
+    pairs = read_jsonl(upstream_file(storage.asset_dir(corpus, "qa_pairs"), "qa_pairs.jsonl", "qa_pairs"), QAPair)
+    doc_ids = sorted({c.doc_id for c in _chunks(storage, corpus)})
+    result = split_pairs(pairs, doc_ids, to_stage(config, SplitConfig))
+    out = storage.asset_dir(corpus, "qa_splits")
+    manifest = write_splits(result, out, logger=context.log)
+    # Re-derive from what was written: every pair's documents must sit in the pair's own split.
+    written = read_json(out / "doc_splits.json")
+    offenders = [
+        p.query_id for s in SPLITS for p in read_jsonl(out / f"{s}.jsonl", QAPair) if {written[d] for d in p.doc_ids} != {s}
+    ]
+    yield dg.MaterializeResult(
+        metadata={
+            "train_queries": manifest["queries"]["train"],
+            "val_queries": manifest["queries"]["val"],
+            "test_queries": manifest["queries"]["test"],
+            "train_documents": manifest["documents"]["train"],
+            "val_documents": manifest["documents"]["val"],
+            "test_documents": manifest["documents"]["test"],
+            "below_quality_threshold": manifest["num_below_threshold"],
+            "cross_split_dropped": manifest["num_cross_split_dropped"],
+            "warnings": dg.MetadataValue.md("\n".join(f"- {w}" for w in manifest["warnings"]) or "none"),
+            "path": path_value(out),
+        }
+    )
+    yield dg.AssetCheckResult(
+        check_name="no_document_in_two_splits",
+        passed=not offenders,
+        metadata={"offending_queries": len(offenders), "examples": ", ".join(offenders[:5]) or "none"},
+    )
+
+
+@dg.asset(partitions_def=corpus_partitions, code_version="1", group_name="data", deps=[qa_splits], kinds={"python"})
+def eval_set(context: dg.AssetExecutionContext, storage: PipelineStorage) -> dg.MaterializeResult:
+    """BEIR layout (corpus.jsonl, queries.jsonl, qrels/test.tsv) over the test split against all chunks."""
+    corpus = context.partition_key
+    test = _split(storage, corpus, "test")
+    if not test:
+        raise ValueError(
+            f"Corpus {corpus!r} has no test queries: add documents or lower quality_threshold in qa_splits."
+        )
+    out = storage.asset_dir(corpus, "eval_set")
+    manifest = build_eval_set(_chunks(storage, corpus), test, out)
+    return dg.MaterializeResult(
+        metadata={
+            **{k: v for k, v in manifest.items()},
+            "sample_queries": sample_table([p.model_dump() for p in test], ["query_id", "query_type", "query"]),
+            "path": path_value(out),
+        }
+    )
+
+
+@dg.asset(
+    partitions_def=corpus_partitions,
+    code_version="1",
+    group_name="training",
+    deps=[qa_splits, chunks],
+    kinds={"python", "faiss"},
+    check_specs=[dg.AssetCheckSpec("no_test_passages_in_training", asset="training_examples", blocking=True)],
+)
+def training_examples(
+    context: dg.AssetExecutionContext,
+    config: MiningRunConfig,
+    storage: PipelineStorage,
+    base_encoder: BaseEncoder,
+):
+    """Hard negatives mined with the base model (test passages never used), one row per positive."""
+    corpus = context.partition_key
+    start = time.perf_counter()
+    chunk_records = _chunks(storage, corpus)
+    doc_splits = _doc_splits(storage, corpus)
+    test_docs = {d for d, s in doc_splits.items() if s == "test"}
+    pairs = {s: _split(storage, corpus, s) for s in ("train", "val")}
+    if not pairs["train"]:
+        raise ValueError(f"Corpus {corpus!r} has no training queries: add documents or lower quality_threshold.")
+    encoder = Encoder(base_encoder.config())
+    result = mine_hard_negatives(pairs, chunk_records, test_docs, encoder, to_stage(config, MiningConfig), context.log)
+    out = storage.asset_dir(corpus, "training_examples")
+    manifest = write_training_examples(result, out)
+    # The check reads back what was written, so it would catch a leak from any cause.
+    test_chunks = {c.chunk_id for c in chunk_records if c.doc_id in test_docs}
+    leaks = [
+        r.query_id
+        for s in pairs
+        for r in read_jsonl(out / f"{s}.jsonl", TrainingExample)
+        if ({r.positive_id, *r.negative_ids} & test_chunks)
+    ]
+    train_rows = result.examples["train"]
+    yield dg.MaterializeResult(
+        metadata={
+            "train_rows": len(train_rows),
+            "val_rows": len(result.examples["val"]),
+            "mining_corpus_size": manifest["mining_corpus_size"],
+            "excluded_test_passages": manifest["excluded_test_passages"],
+            "manifest": dg.MetadataValue.json(manifest),
+            "sample": sample_table(
+                [
+                    {"query": r.query, "positive": r.positive, "hardest_negative": r.negatives[0] if r.negatives else ""}
+                    for r in train_rows
+                ],
+                ["query", "positive", "hardest_negative"],
+            ),
+            "path": path_value(out),
+            "seconds": round(time.perf_counter() - start, 3),
+        }
+    )
+    yield dg.AssetCheckResult(
+        check_name="no_test_passages_in_training",
+        passed=not leaks,
+        metadata={"rows_with_test_passages": len(leaks), "test_passages": len(test_chunks)},
+    )

@@ -1,0 +1,78 @@
+"""`finetuned_model`: contrastive fine-tune of the base encoder on the mined training examples."""
+
+
+import dagster as dg
+
+from embed_pipeline.defs.assets.datasets import training_examples
+from embed_pipeline.defs.config import run_config_for, to_stage
+from embed_pipeline.defs.metadata import path_value, upstream_file
+from embed_pipeline.defs.partitions import corpus_partitions
+from embed_pipeline.defs.plots import training_curves
+from embed_pipeline.defs.resources import BaseEncoder, PipelineStorage
+from embed_pipeline.stages.training import TrainingConfig, finetune
+
+TrainingRunConfig = run_config_for(TrainingConfig, "TrainingRunConfig")
+
+
+@dg.asset(
+    partitions_def=corpus_partitions,
+    code_version="1",
+    group_name="training",
+    deps=[training_examples],
+    kinds={"pytorch"},
+)
+def finetuned_model(
+    context: dg.AssetExecutionContext,
+    config: TrainingRunConfig,
+    storage: PipelineStorage,
+    base_encoder: BaseEncoder,
+) -> dg.MaterializeResult:
+    """The fine-tuned encoder: Hugging Face + sentence-transformers layout, with a model card."""
+    corpus = context.partition_key
+    data = storage.asset_dir(corpus, "training_examples")
+    train_path = upstream_file(data, "train.jsonl", "training_examples")
+    val_path = data / "val.jsonl"
+    out = storage.asset_dir(corpus, "finetuned_model")
+    result = finetune(
+        train_path,
+        val_path if val_path.exists() else None,
+        base_encoder.config(),
+        to_stage(config, TrainingConfig),
+        out,
+        logger=context.log,
+    )
+    history = result.history
+    steps = [s.model_dump() for s in history.steps]
+    epochs = [{**e.model_dump(), "step": e.epoch * history.steps_per_epoch} for e in history.epochs]
+    epoch_rows = "\n".join(
+        f"| {e['epoch']} | {e['train_loss']:.4f} | "
+        f"{'-' if e['val_loss'] is None else format(e['val_loss'], '.4f')} | {e['seconds']:.1f} | "
+        f"{'yes' if e['saved'] else ''} |"
+        for e in epochs
+    )
+    return dg.MaterializeResult(
+        metadata={
+            "training_curves": training_curves(steps, epochs),
+            "epochs": dg.MetadataValue.md(
+                "| epoch | train loss | val loss | seconds | kept |\n|---|---|---|---|---|\n" + epoch_rows
+            ),
+            "train_rows": result.num_train_rows,
+            "val_rows": result.num_val_rows,
+            "batch_size": result.batch_size,
+            "batch_size_reason": history.batch_size_reason,
+            "steps": result.steps,
+            "best_epoch": result.best_epoch,
+            "best_val_loss": dg.MetadataValue.float(result.best_val_loss)
+            if result.best_val_loss is not None
+            else dg.MetadataValue.text("n/a (no validation split)"),
+            "initial_val_loss": dg.MetadataValue.float(history.initial_val_loss)
+            if history.initial_val_loss is not None
+            else dg.MetadataValue.text("n/a"),
+            "final_train_loss": result.final_train_loss,
+            "examples_per_s": round(result.examples_per_s, 2),
+            "device": history.device,
+            "seconds": round(result.seconds, 1),
+            "model_card": path_value(out / "README.md"),
+            "path": path_value(out),
+        }
+    )

@@ -1,0 +1,58 @@
+"""Plots for the Dagster UI, embedded in markdown metadata as PNG data URIs."""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import dagster as dg
+
+
+def _figure_md(fig, alt: str) -> dg.MetadataValue:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return dg.MetadataValue.md(f"![{alt}](data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()})")
+
+
+def training_curves(steps: list[dict], epochs: list[dict]) -> dg.MetadataValue:
+    """Train loss and learning rate per step, validation loss per epoch."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_loss, ax_lr) = plt.subplots(1, 2, figsize=(10, 3.5))
+    ax_loss.plot([s["step"] for s in steps], [s["loss"] for s in steps], label="train loss", lw=1)
+    val = [(e["step"], e["val_loss"]) for e in epochs if e.get("val_loss") is not None and "step" in e]
+    if val:
+        ax_loss.plot(*zip(*val, strict=True), "o-", label="val loss")
+    ax_loss.set_xlabel("step")
+    ax_loss.set_ylabel("InfoNCE loss")
+    ax_loss.legend()
+    ax_lr.plot([s["step"] for s in steps], [s["lr"] for s in steps], color="tab:green")
+    ax_lr.set_xlabel("step")
+    ax_lr.set_ylabel("learning rate")
+    return _figure_md(fig, "training curves")
+
+
+def metrics_bars(base: dict[str, float], finetuned: dict[str, float], k_values: list[int]) -> dg.MetadataValue:
+    """Base vs fine-tuned, one group of bars per metric@k."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    keys = [f"{m}_at_{k}" for m in ("ndcg", "recall", "precision", "map") for k in k_values]
+    keys = [k for k in keys if k in base and k in finetuned]
+    x = np.arange(len(keys))
+    fig, ax = plt.subplots(figsize=(max(6, len(keys) * 0.6), 3.5))
+    ax.bar(x - 0.2, [base[k] for k in keys], 0.4, label="base")
+    ax.bar(x + 0.2, [finetuned[k] for k in keys], 0.4, label="fine-tuned")
+    ax.set_xticks(x, [k.replace("_at_", "@") for k in keys], rotation=60, ha="right")
+    ax.set_ylim(0, 1)
+    ax.legend()
+    return _figure_md(fig, "base vs fine-tuned")

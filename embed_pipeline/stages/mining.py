@@ -1,0 +1,183 @@
+"""`training_examples`: hard negatives mined with the base model, one row per positive.
+
+The mining corpus is every chunk except those of test-split documents, so no test passage is ever seen in
+training (the reference recipe mines over the whole corpus and leaks them). For each query we search the
+corpus with faiss (exact inner product over L2-normalised embeddings), mask its positives (and any passage
+whose text equals a positive's), and drop candidates that score too close to the positives, which are likely
+unlabelled positives:
+
+- ``perc``: drop candidates scoring above ``min_positive_score * hard_neg_margin`` (default 0.95);
+- ``abs``:  drop candidates scoring above ``min_positive_score - hard_neg_margin``.
+
+The top ``hard_negatives_to_mine`` survivors are the hard negatives. A query with several positives is
+unrolled into one row per positive, each with the same negatives.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from pathlib import Path
+from typing import Literal
+
+import faiss
+import numpy as np
+from pydantic import BaseModel, Field
+
+from embed_pipeline.core.artifacts import write_json, write_jsonl
+from embed_pipeline.core.encoder import Encoder
+from embed_pipeline.core.records import Chunk, QAPair, TrainingExample, strip_extract
+
+log = logging.getLogger("embed_pipeline")
+
+
+class MiningConfig(BaseModel):
+    """Hard-negative mining."""
+
+    hard_negatives_to_mine: int = Field(5, ge=1, description="Hard negatives kept per query.")
+    margin_type: Literal["perc", "abs"] = Field(
+        "perc", description="'perc': exclude above min_pos*margin; 'abs': exclude above min_pos-margin."
+    )
+    hard_neg_margin: float = Field(0.95, description="Margin for the rule chosen by margin_type.")
+    search_depth: int = Field(100, ge=1, description="Candidates retrieved per query before masking and margin.")
+
+
+def margin_ceiling(min_positive_score: float, margin_type: str, margin: float) -> float:
+    """The highest score a candidate may have and still be a negative."""
+    if margin_type == "perc":
+        return min_positive_score * margin
+    if margin_type == "abs":
+        return min_positive_score - margin
+    raise ValueError(f"Unknown margin_type {margin_type!r}: use 'perc' or 'abs'.")
+
+
+def select_negatives(
+    candidates: list[tuple[str, float]],
+    excluded_ids: set[str],
+    min_positive_score: float,
+    config: MiningConfig,
+) -> list[tuple[str, float]]:
+    """From (id, score) candidates in descending score order, the top-k that are not excluded and pass the margin."""
+    ceiling = margin_ceiling(min_positive_score, config.margin_type, config.hard_neg_margin)
+    out = [(cid, s) for cid, s in candidates if cid not in excluded_ids and s <= ceiling]
+    return out[: config.hard_negatives_to_mine]
+
+
+def positive_text(pair: QAPair, chunk_text: str) -> str:
+    """The positive as the model sees it: an inverse-cloze query's sentence is taken out of its passage."""
+    return strip_extract(chunk_text, pair.query) if pair.extractive else chunk_text
+
+
+class MiningResult(BaseModel):
+    examples: dict[str, list[TrainingExample]]
+    num_mining_corpus: int
+    num_excluded_test_chunks: int
+    rows_short_of_negatives: dict[str, int]
+
+
+def mine_hard_negatives(
+    pairs: dict[str, list[QAPair]],
+    chunks: list[Chunk],
+    test_doc_ids: set[str],
+    encoder: Encoder,
+    config: MiningConfig,
+    logger: logging.Logger | None = None,
+) -> MiningResult:
+    """Mine negatives for each split in ``pairs`` (e.g. train and val) over the corpus minus test documents."""
+    logger = logger or log
+    corpus = [c for c in chunks if c.doc_id not in test_doc_ids]
+    if not corpus:
+        raise ValueError("The mining corpus is empty: every chunk belongs to a test document. Add documents.")
+    corpus_ids = [c.chunk_id for c in corpus]
+    text_of = {c.chunk_id: c.text for c in chunks}
+    leaked = sorted(
+        {d for split_pairs in pairs.values() for p in split_pairs for d in p.doc_ids} & set(test_doc_ids)
+    )
+    if leaked:
+        raise ValueError(f"Pairs to mine for cite test documents {leaked[:3]}: the split is broken; rerun qa_splits.")
+
+    logger.info(f"Mining over {len(corpus)} passages ({len(chunks) - len(corpus)} test passages excluded)")
+    passage_emb = encoder.encode([c.text for c in corpus], "passage", logger=logger, label="mining: encode corpus")
+    index = faiss.IndexFlatIP(passage_emb.shape[1])
+    index.add(passage_emb)
+    depth = min(len(corpus), config.search_depth + config.hard_negatives_to_mine)
+
+    examples: dict[str, list[TrainingExample]] = {}
+    short: dict[str, int] = {}
+    for split, split_pairs in pairs.items():
+        if not split_pairs:
+            examples[split], short[split] = [], 0
+            continue
+        q_emb = encoder.encode([p.query for p in split_pairs], "query", logger=logger, label=f"mining: {split} queries")
+        # Positives as the model sees them (extract removed) may differ from the corpus text: encode those.
+        pos_keys = [(i, cid) for i, p in enumerate(split_pairs) for cid in p.positive_chunk_ids]
+        pos_texts = [positive_text(split_pairs[i], text_of[cid]) for i, cid in pos_keys]
+        pos_emb = encoder.encode(pos_texts, "passage", logger=logger, label=f"mining: {split} positives")
+        pos_scores = np.einsum("nd,nd->n", q_emb[[i for i, _ in pos_keys]], pos_emb)
+        scores, idx = index.search(q_emb, depth)
+
+        rows: list[TrainingExample] = []
+        by_pair: dict[int, list[int]] = {}
+        for k, (i, _) in enumerate(pos_keys):
+            by_pair.setdefault(i, []).append(k)
+        for i, pair in enumerate(split_pairs):
+            ks = by_pair[i]
+            positive_texts = {pos_texts[k] for k in ks} | {text_of[c] for c in pair.positive_chunk_ids}
+            excluded = set(pair.positive_chunk_ids)
+            candidates = []
+            for s, j in zip(scores[i], idx[i], strict=True):
+                if j < 0:
+                    continue
+                cid = corpus_ids[j]
+                if text_of[cid] in positive_texts:  # a duplicate of a positive is no negative
+                    excluded.add(cid)
+                candidates.append((cid, float(s)))
+            min_pos = float(min(pos_scores[k] for k in ks))
+            negs = select_negatives(candidates, excluded, min_pos, config)
+            for k in ks:
+                _, cid = pos_keys[k]
+                rows.append(
+                    TrainingExample(
+                        query_id=pair.query_id,
+                        query=pair.query,
+                        positive_id=cid,
+                        positive=pos_texts[k],
+                        negative_ids=[n for n, _ in negs],
+                        negatives=[text_of[n] for n, _ in negs],
+                        positive_score=float(pos_scores[k]),
+                        negative_scores=[s for _, s in negs],
+                    )
+                )
+        examples[split] = rows
+        short[split] = sum(len(r.negative_ids) < config.hard_negatives_to_mine for r in rows)
+    return MiningResult(
+        examples=examples,
+        num_mining_corpus=len(corpus),
+        num_excluded_test_chunks=len(chunks) - len(corpus),
+        rows_short_of_negatives=short,
+    )
+
+
+def write_training_examples(result: MiningResult, out_dir: Path) -> dict:
+    """``train.jsonl``, ``val.jsonl`` (TrainingExample rows) and ``manifest.json``."""
+    out_dir = Path(out_dir)
+    for split, rows in result.examples.items():
+        write_jsonl(out_dir / f"{split}.jsonl", rows)
+    stats = {}
+    for split, rows in result.examples.items():
+        gaps = [r.positive_score - max(r.negative_scores) for r in rows if r.negative_scores]
+        stats[split] = {
+            "rows": len(rows),
+            "queries": len({r.query_id for r in rows}),
+            "negatives_per_row": dict(Counter(len(r.negative_ids) for r in rows)),
+            "rows_short_of_negatives": result.rows_short_of_negatives.get(split, 0),
+            "mean_positive_score": float(np.mean([r.positive_score for r in rows])) if rows else None,
+            "mean_hardest_negative_gap": float(np.mean(gaps)) if gaps else None,
+        }
+    manifest = {
+        "mining_corpus_size": result.num_mining_corpus,
+        "excluded_test_passages": result.num_excluded_test_chunks,
+        "splits": stats,
+    }
+    write_json(out_dir / "manifest.json", manifest)
+    return manifest

@@ -1,0 +1,163 @@
+"""The ``README.md`` model card of a fine-tuned model folder, rendered from its ``training_history.json``.
+
+The training stage writes the card with a placeholder where the retrieval metrics go; the metrics stage calls
+``write_model_card(model_dir, metrics_markdown=table)`` to re-render it with the table (the training facts are
+read back from ``training_history.json``, so the caller needs nothing else).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from embed_pipeline.core.artifacts import write_text
+
+HISTORY_FILE = "training_history.json"
+CARD_FILE = "README.md"
+METRICS_PLACEHOLDER = "_Not measured yet: the `retrieval_metrics` stage fills this section (base vs fine-tuned)._"
+
+TEMPLATE = """\
+---
+library_name: sentence-transformers
+base_model: {base_model}
+pipeline_tag: sentence-similarity
+tags:
+- sentence-transformers
+- feature-extraction
+- embed_pipeline
+---
+
+# {title}
+
+A domain-adapted text-embedding model: `{base_model}` fine-tuned by `embed_pipeline` with a contrastive
+(InfoNCE) loss on synthetic queries, their positive passages and mined hard negatives.
+
+## Usage
+
+Queries and passages take different prefixes (saved as the prompts `query` and `passage`).
+
+```python
+from sentence_transformers import SentenceTransformer
+
+model = SentenceTransformer("path/to/this/folder")
+q = model.encode(["how do I ..."], prompt_name="query")
+p = model.encode(["some passage"], prompt_name="passage")
+print(model.similarity(q, p))
+```
+
+| setting | value |
+| --- | --- |
+| pooling | {pooling} |
+| L2 normalisation | {normalize} |
+| query prefix | `{query_prefix}` |
+| passage prefix | `{passage_prefix}` |
+| max length (query / passage) | {query_max_length} / {passage_max_length} tokens |
+
+## Retrieval metrics
+
+{metrics}
+
+## Training data
+
+| split | rows | unique queries | unique positives | negatives per row (min / mean / max) | rows short of negatives |
+| --- | --- | --- | --- | --- | --- |
+{data_rows}
+
+## Training
+
+| hyperparameter | value |
+| --- | --- |
+{hyper_rows}
+
+Batch size: {batch_size_line}
+
+Loss: InfoNCE, cross-entropy over q·p / temperature with the positive as target; {negatives_line}.
+Optimizer: AdamW (no weight decay on biases and norm weights), linear warmup then cosine decay to 0, gradient
+clipping. Device: {device}. Time: {seconds} ({examples_per_s} examples/s).
+
+## Validation
+
+Checkpoint kept: {selection}.
+
+| epoch | train loss | val loss | saved |
+| --- | --- | --- | --- |
+{epoch_rows}
+"""
+
+
+def _fmt(x: Any, digits: int = 4) -> str:
+    if x is None:
+        return "n/a"
+    if isinstance(x, float):
+        return f"{x:.{digits}f}"
+    return str(x)
+
+
+def _data_row(name: str, d: dict | None) -> str:
+    if not d:
+        return f"| {name} | 0 | - | - | - | - |"
+    return (
+        f"| {name} | {d['rows']} | {d['unique_queries']} | {d['unique_positives']} | "
+        f"{d['negatives_min']} / {d['negatives_mean']:.2f} / {d['negatives_max']} | {d['rows_short_of_negatives']} |"
+    )
+
+
+def render_model_card(history: dict, metrics_markdown: str | None = None, title: str | None = None) -> str:
+    """The card's Markdown from a ``training_history.json`` dict (and the metrics table, if measured)."""
+    enc, cfg = history["encoder_config"], history["training_config"]
+    hyper = {
+        "epochs": cfg["num_epochs"],
+        "learning rate (peak)": cfg["learning_rate"],
+        "warmup steps": cfg["warmup_steps"],
+        "weight decay": cfg["weight_decay"],
+        "temperature": cfg["temperature"],
+        "passages per query (1 positive + hard negatives)": cfg["train_n_passages"],
+        "global batch size (configured)": cfg["global_batch_size"],
+        "micro batch size": cfg.get("micro_batch_size") or "whole batch",
+        "max grad norm": cfg["max_grad_norm"],
+        "seed": cfg["seed"],
+        "steps (per epoch / total)": f"{history['steps_per_epoch']} / {history['total_steps']}",
+    }
+    epochs = [
+        f"| 0 (base) | - | {_fmt(history.get('initial_val_loss'))} | - |",
+        *(
+            f"| {e['epoch']} | {_fmt(e['train_loss'])} | {_fmt(e['val_loss'])} | {'yes' if e['saved'] else ''} |"
+            for e in history.get("epochs", [])
+        ),
+    ]
+    negatives = "hard negatives only (each query scored against its own group)"
+    if cfg.get("in_batch_negatives"):
+        negatives = "hard negatives plus in-batch negatives (the other rows' passages)"
+    return TEMPLATE.format(
+        title=title or f"Fine-tuned {history['base_model'].rstrip('/').split('/')[-1]}",
+        base_model=history["base_model"],
+        pooling=enc["pooling"],
+        normalize="yes" if enc["normalize"] else "no",
+        query_prefix=enc["query_prefix"],
+        passage_prefix=enc["passage_prefix"],
+        query_max_length=enc["query_max_length"],
+        passage_max_length=enc["passage_max_length"],
+        metrics=(metrics_markdown or "").strip() or METRICS_PLACEHOLDER,
+        data_rows="\n".join([_data_row("train", history["train_data"]), _data_row("val", history.get("val_data"))]),
+        hyper_rows="\n".join(f"| {k} | {v} |" for k, v in hyper.items()),
+        batch_size_line=f"**{history['batch_size']}** ({history['batch_size_reason']}).",
+        negatives_line=negatives,
+        device=history.get("device", "?"),
+        seconds=f"{history.get('seconds', 0.0):.1f} s",
+        examples_per_s=_fmt(history.get("examples_per_s"), 1),
+        selection=history.get("selection") or f"epoch {history.get('best_epoch')}",
+        epoch_rows="\n".join(epochs),
+    )
+
+
+def write_model_card(out_dir: Path, metrics_markdown: str | None = None, title: str | None = None) -> Path:
+    """(Re)write ``out_dir/README.md`` from ``out_dir/training_history.json``; returns the card's path."""
+    out_dir = Path(out_dir)
+    history_path = out_dir / HISTORY_FILE
+    if not history_path.is_file():
+        raise FileNotFoundError(
+            f"{history_path} not found: write_model_card renders a folder written by the finetuned_model stage."
+        )
+    history = json.loads(history_path.read_text(encoding="utf-8"))
+    return write_text(out_dir / CARD_FILE, render_model_card(history, metrics_markdown, title))

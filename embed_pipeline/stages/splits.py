@@ -1,0 +1,147 @@
+"""`qa_splits`: quality filter, then a train/val/test split by document.
+
+Each document lands in one split by a seeded hash of its id (a uniform number u in [0, 1): train below
+train_ratio, val below train_ratio + val_ratio, test above). Unlike a shuffled cut, this keeps every existing
+document in its split when a corpus grows, so a refreshed corpus never moves an old training document into the
+test set. Small corpora (fewer than ``small_data_max_documents`` documents) use ``small_data_ratios`` (the
+recipe's 0.8/0/0.2), and every split with a non-zero ratio gets at least one document when there are enough.
+
+A pair whose positives span documents of different splits (possible with multi-document generators) is
+dropped and counted: keeping it anywhere would leak a document across splits.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections import Counter
+from pathlib import Path
+
+from pydantic import BaseModel, Field, model_validator
+
+from embed_pipeline.core.artifacts import write_json, write_jsonl
+from embed_pipeline.core.records import QAPair
+
+SPLITS = ("train", "val", "test")
+MIN_TEST_QUERIES = 50
+
+
+class SplitConfig(BaseModel):
+    """Quality filter and split ratios."""
+
+    quality_threshold: float = Field(7.0, ge=0.0, le=10.0, description="Keep pairs with quality_score >= this.")
+    train_ratio: float = Field(0.8, ge=0.0, le=1.0, description="Share of documents for training.")
+    val_ratio: float = Field(0.1, ge=0.0, le=1.0, description="Share of documents for validation.")
+    test_ratio: float = Field(0.1, ge=0.0, le=1.0, description="Share of documents for the held-out test set.")
+    small_data_max_documents: int = Field(
+        20, ge=0, description="Corpora with fewer documents use small_data_ratios (train/val/test)."
+    )
+    small_data_ratios: list[float] = Field(
+        [0.8, 0.0, 0.2], min_length=3, max_length=3, description="Ratios (train, val, test) for small corpora."
+    )
+    seed: int = Field(42, description="Seed of the document-to-split hash.")
+
+    @model_validator(mode="after")
+    def _ratios_sum_to_one(self) -> SplitConfig:
+        for name, ratios in (("train/val/test_ratio", self.ratios(False)), ("small_data_ratios", self.ratios(True))):
+            if abs(sum(ratios) - 1.0) > 1e-6:
+                raise ValueError(f"{name} must sum to 1.0, got {ratios} (sum {sum(ratios):.3f}).")
+        return self
+
+    def ratios(self, small: bool) -> list[float]:
+        return list(self.small_data_ratios) if small else [self.train_ratio, self.val_ratio, self.test_ratio]
+
+
+class SplitResult(BaseModel):
+    pairs: dict[str, list[QAPair]]
+    doc_splits: dict[str, str]
+    ratios: list[float]
+    num_input: int
+    num_below_threshold: int
+    num_cross_split: int
+    warnings: list[str]
+
+
+def _unit_hash(seed: int, doc_id: str) -> float:
+    digest = hashlib.sha256(f"{seed}:{doc_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def assign_documents(doc_ids: list[str], ratios: list[float], seed: int) -> dict[str, str]:
+    """Map each document to 'train', 'val' or 'test' (see the module docstring)."""
+    docs = sorted(set(doc_ids))
+    u = {d: _unit_hash(seed, d) for d in docs}
+    cut_train, cut_val = ratios[0], ratios[0] + ratios[1]
+    out = {d: ("train" if u[d] < cut_train else "val" if u[d] < cut_val else "test") for d in docs}
+    # Hashing is uneven on few documents: give each split with a non-zero ratio at least one document, taking it
+    # from the split that has the most, choosing the document whose hash lies closest to the wanted range.
+    for split, ratio in zip(SPLITS, ratios, strict=True):
+        counts = Counter(out.values())
+        if ratio > 0 and counts[split] == 0 and len(docs) >= sum(r > 0 for r in ratios):
+            donor = max((s for s in SPLITS if counts[s] > 1), key=lambda s: counts[s], default=None)
+            if donor is None:
+                continue
+            target = {"train": 0.0, "val": cut_train, "test": 1.0}[split]
+            moved = min((d for d in docs if out[d] == donor), key=lambda d: abs(u[d] - target))
+            out[moved] = split
+    return out
+
+
+def split_pairs(pairs: list[QAPair], all_doc_ids: list[str], config: SplitConfig) -> SplitResult:
+    """Filter by quality and split by document; no document is ever in two splits."""
+    small = len(set(all_doc_ids)) < config.small_data_max_documents
+    ratios = config.ratios(small)
+    doc_splits = assign_documents(all_doc_ids, ratios, config.seed)
+    kept = [p for p in pairs if p.quality_score >= config.quality_threshold]
+    out: dict[str, list[QAPair]] = {s: [] for s in SPLITS}
+    cross = 0
+    for pair in kept:
+        splits = {doc_splits.get(d) for d in pair.doc_ids}
+        if len(splits) != 1 or None in splits:
+            cross += 1
+            continue
+        out[splits.pop()].append(pair)
+    warnings = []
+    if small:
+        warnings.append(
+            f"Small corpus ({len(set(all_doc_ids))} documents < {config.small_data_max_documents}): "
+            f"using ratios {ratios}."
+        )
+    if len(out["test"]) < MIN_TEST_QUERIES:
+        warnings.append(
+            f"Only {len(out['test'])} test queries (< {MIN_TEST_QUERIES}): retrieval metrics will be noisy. "
+            "Add documents or raise test_ratio."
+        )
+    if not out["train"]:
+        warnings.append("No training pairs: lower quality_threshold or add documents.")
+    return SplitResult(
+        pairs=out,
+        doc_splits=doc_splits,
+        ratios=ratios,
+        num_input=len(pairs),
+        num_below_threshold=len(pairs) - len(kept),
+        num_cross_split=cross,
+        warnings=warnings,
+    )
+
+
+def write_splits(result: SplitResult, out_dir: Path, logger: logging.Logger | None = None) -> dict:
+    """``train.jsonl``, ``val.jsonl``, ``test.jsonl`` (QAPair records), ``doc_splits.json`` and ``manifest.json``."""
+    out_dir = Path(out_dir)
+    for split in SPLITS:
+        write_jsonl(out_dir / f"{split}.jsonl", result.pairs[split])
+    write_json(out_dir / "doc_splits.json", result.doc_splits)
+    docs_per_split = Counter(result.doc_splits.values())
+    manifest = {
+        "ratios": result.ratios,
+        "num_input_pairs": result.num_input,
+        "num_below_threshold": result.num_below_threshold,
+        "num_cross_split_dropped": result.num_cross_split,
+        "queries": {s: len(result.pairs[s]) for s in SPLITS},
+        "documents": {s: docs_per_split.get(s, 0) for s in SPLITS},
+        "warnings": result.warnings,
+    }
+    write_json(out_dir / "manifest.json", manifest)
+    for w in result.warnings:
+        (logger or logging.getLogger("embed_pipeline")).warning(w)
+    return manifest

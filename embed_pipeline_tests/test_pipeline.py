@@ -1,0 +1,135 @@
+"""The whole asset graph materializes for a corpus partition with a tiny random encoder."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import dagster as dg
+
+from embed_pipeline.defs import ASSETS
+from embed_pipeline.defs.resources import BaseEncoder, PipelineStorage
+
+ASSET_DIRS = [
+    "documents", "chunks", "qa_pairs", "qa_splits", "eval_set", "training_examples", "finetuned_model",
+    "retrieval_metrics",
+]
+
+
+def _metadata(result: dg.ExecuteInProcessResult, asset: str) -> dict:
+    [mat] = result.asset_materializations_for_node(asset)
+    return mat.metadata
+
+
+def test_all_assets_materialize_in_process(tmp_path: Path, sample_corpus: Path, tiny_model_dir: Path):
+    corpora = tmp_path / "corpora"
+    corpora.mkdir()
+    (corpora / "tiny").symlink_to(sample_corpus, target_is_directory=True)
+    (sample_corpus / "broken.bin.txt").write_bytes(b"\x00\x01\x02 binary")
+    artifacts = tmp_path / "artifacts"
+    instance = dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions("corpus", ["tiny"])
+    result = dg.materialize(
+        ASSETS,
+        partition_key="tiny",
+        instance=instance,
+        resources={
+            "storage": PipelineStorage(corpora_dir=str(corpora), artifacts_dir=str(artifacts)),
+            "base_encoder": BaseEncoder(model=str(tiny_model_dir), query_max_length=64, passage_max_length=128),
+        },
+        run_config={
+            "ops": {
+                "finetuned_model": {"config": {"num_epochs": 2, "learning_rate": 1e-3}},
+                "qa_splits": {"config": {"quality_threshold": 0.0}},
+                "retrieval_metrics": {"config": {"regression_tolerance": 1.0}},
+            }
+        },
+    )
+    assert result.success
+    for name in ASSET_DIRS:
+        assert (artifacts / "tiny" / name).is_dir(), name
+
+    docs = _metadata(result, "documents")
+    assert docs["num_documents"].value == 4
+    assert docs["num_skipped"].value == 1
+    assert "binary" in docs["skipped_files"].value
+
+    metrics = _metadata(result, "retrieval_metrics")
+    for who in ("base", "finetuned"):
+        for metric in ("ndcg", "recall", "precision", "map"):
+            for k in (1, 5, 10, 100):
+                value = metrics[f"{who}_{metric}_at_{k}"].value
+                assert 0.0 <= value <= 1.0
+    assert "| nDCG@10 |" in metrics["metrics_table"].value or "nDCG" in metrics["metrics_table"].value
+
+    checks = {c.check_name: c.passed for c in result.get_asset_check_evaluations()}
+    assert checks == {
+        "no_document_in_two_splits": True,
+        "no_test_passages_in_training": True,
+        "finetuned_not_worse_than_base": True,
+    }
+
+    # Leakage: no test document's chunk appears in any training row.
+    splits = json.loads((artifacts / "tiny" / "qa_splits" / "doc_splits.json").read_text())
+    test_docs = {d for d, s in splits.items() if s == "test"}
+    assert test_docs
+    chunk_docs = {
+        json.loads(line)["chunk_id"]: json.loads(line)["doc_id"]
+        for line in (artifacts / "tiny" / "chunks" / "chunks.jsonl").read_text().splitlines()
+    }
+    for line in (artifacts / "tiny" / "training_examples" / "train.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        assert chunk_docs[row["positive_id"]] not in test_docs
+        assert not {chunk_docs[n] for n in row["negative_ids"]} & test_docs
+
+    model_dir = artifacts / "tiny" / "finetuned_model"
+    from sentence_transformers import SentenceTransformer
+    from transformers import AutoModel
+
+    AutoModel.from_pretrained(model_dir)
+    SentenceTransformer(str(model_dir), device="cpu")
+    assert "nDCG" in (model_dir / "README.md").read_text()
+
+
+
+def test_cli_corpus_add_and_dagster_materialize(tmp_path: Path, sample_corpus: Path, tiny_model_dir: Path):
+    """What a user types: `embed-pipeline corpus add` then `dagster asset materialize --select '*'`."""
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    env = {
+        **os.environ,
+        "DAGSTER_HOME": str(home),
+        "EMBED_CORPORA_DIR": str(tmp_path / "corpora"),
+        "EMBED_ARTIFACTS_DIR": str(tmp_path / "artifacts"),
+        "EMBED_BASE_MODEL": str(tiny_model_dir),
+    }
+    bin_dir = Path(sys.executable).parent
+    cli = [str(bin_dir / "embed-pipeline")]
+
+    bad = subprocess.run([*cli, "corpus", "add", "../evil", "--from", str(sample_corpus)], env=env, capture_output=True, text=True)
+    assert bad.returncode == 2 and "Invalid corpus name" in bad.stderr
+
+    add = subprocess.run([*cli, "corpus", "add", "docs", "--from", str(sample_corpus)], env=env, capture_output=True, text=True)
+    assert add.returncode == 0, add.stderr
+    assert (tmp_path / "corpora" / "docs" / "heapq.md").exists()
+    listed = subprocess.run([*cli, "corpus", "list"], env=env, capture_output=True, text=True, check=True)
+    assert "docs" in listed.stdout and "ok" in listed.stdout
+
+    run = subprocess.run(
+        [str(bin_dir / "dagster"), "asset", "materialize", "-m", "embed_pipeline", "--select", "*", "--partition", "docs"],
+        env=env, capture_output=True, text=True, cwd=tmp_path,
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    metrics = json.loads((tmp_path / "artifacts" / "docs" / "retrieval_metrics" / "metrics.json").read_text())
+    assert set(metrics["base"]) >= {"ndcg_at_10", "recall_at_100", "precision_at_1", "map_at_5"}
+
+    instance = dg.DagsterInstance.from_config(str(home))
+    event = instance.get_latest_materialization_event(dg.AssetKey("retrieval_metrics"))
+    assert event is not None
+    md = event.asset_materialization.metadata
+    assert "base_ndcg_at_10" in md and "finetuned_ndcg_at_10" in md
+    assert event.asset_materialization.partition == "docs"
+
+    report = subprocess.run([*cli, "report", "docs"], env=env, capture_output=True, text=True, check=True)
+    assert "nDCG@10" in report.stdout

@@ -1,0 +1,290 @@
+"""The finetuned_model stage: the loss learns, the folder loads everywhere, the best epoch is kept, errors are clear."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from embed_pipeline.core.artifacts import write_jsonl
+from embed_pipeline.core.encoder import Encoder, EncoderConfig
+from embed_pipeline.core.records import TrainingExample
+from embed_pipeline.stages import training
+from embed_pipeline.stages.model_card import METRICS_PLACEHOLDER, write_model_card
+from embed_pipeline.stages.training import (
+    TrainingConfig,
+    choose_batch_size,
+    evaluate_loss,
+    finetune,
+    info_nce_loss,
+    make_batch,
+)
+
+WORDS = (
+    "apple river castle guitar orange planet tiger engine silver forest window garden rocket pencil dragon "
+    "coffee winter bridge violin desert island marble candle thunder ocean falcon copper meadow harbor lantern"
+).split()
+
+
+def make_rows(words: list[str]) -> list[TrainingExample]:
+    """A learnable problem: each query shares one word with its positive; negatives are the same text, other words."""
+    rows = []
+    for i, w in enumerate(words):
+        others = [x for x in WORDS if x != w]
+        negs = [others[(i * 3 + k * 7) % len(others)] for k in range(4)]
+        rows.append(
+            TrainingExample(
+                query_id=f"q-{w}",
+                query=f"tell me about {w}",
+                positive_id=f"p-{w}",
+                positive=f"this passage talks about {w} in some detail",
+                negative_ids=[f"p-{n}" for n in negs],
+                negatives=[f"this passage talks about {n} in some detail" for n in negs],
+                positive_score=0.5,
+                negative_scores=[0.4] * 4,
+            )
+        )
+    return rows
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("training_data")
+    write_jsonl(d / "train.jsonl", make_rows(WORDS[:24]))
+    write_jsonl(d / "val.jsonl", make_rows(WORDS[24:]))
+    return d
+
+
+def enc_config(model: Path | str) -> EncoderConfig:
+    return EncoderConfig(model=str(model), query_max_length=32, passage_max_length=32)
+
+
+def fast_config(**overrides) -> TrainingConfig:
+    return TrainingConfig(
+        **({"learning_rate": 3e-3, "temperature": 0.05, "num_epochs": 4, "warmup_steps": 2} | overrides)
+    )
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_model_dir: Path, data_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    out = tmp_path_factory.mktemp("trained") / "model"
+    return finetune(data_dir / "train.jsonl", data_dir / "val.jsonl", enc_config(tiny_model_dir), fast_config(), out)
+
+
+def test_loss_decreases_on_a_learnable_problem(trained, tiny_model_dir: Path, data_dir: Path) -> None:
+    val_rows = make_rows(WORDS[24:])
+    before = evaluate_loss(Encoder(enc_config(tiny_model_dir)), val_rows, fast_config(), batch_size=8)
+    after = evaluate_loss(Encoder(enc_config(trained.out_dir)), val_rows, fast_config(), batch_size=8)
+    assert trained.history.initial_val_loss == pytest.approx(before, rel=1e-5)
+    assert after < before
+    assert after == pytest.approx(trained.best_val_loss, rel=1e-4)  # the folder holds the best epoch
+    assert trained.history.epochs[-1].train_loss < trained.history.epochs[0].train_loss
+    assert trained.steps == trained.history.total_steps == 4 * 3  # 24 rows, batch 8
+    assert [s.step for s in trained.history.steps] == list(range(1, 13))
+
+
+def test_output_loads_in_transformers_and_sentence_transformers(trained) -> None:
+    from sentence_transformers import SentenceTransformer
+    from transformers import AutoModel
+
+    out = trained.out_dir
+    assert AutoModel.from_pretrained(out).config.hidden_size == 32
+    modules = json.loads((out / "modules.json").read_text())
+    assert [m["path"] for m in modules] == ["", "1_Pooling", "2_Normalize"]
+    assert json.loads((out / "1_Pooling/config.json").read_text())["pooling_mode_mean_tokens"] is True
+    st_config = json.loads((out / "config_sentence_transformers.json").read_text())
+    assert st_config["prompts"] == {"query": "query: ", "passage": "passage: "}
+
+    st = SentenceTransformer(str(out), device="cpu")
+    encoder = Encoder(enc_config(out), device="cpu")
+    texts = ["tell me about apple", "a longer text about the harbor and a lantern by the ocean"]
+    for kind in ("query", "passage"):
+        ours = encoder.encode(texts, kind)
+        theirs = st.encode(texts, prompt_name=kind, convert_to_numpy=True)
+        cos = (ours * theirs).sum(1) / (np.linalg.norm(ours, axis=1) * np.linalg.norm(theirs, axis=1))
+        assert cos.min() > 0.9999, (kind, cos)
+
+
+@pytest.mark.parametrize(("pooling", "normalize"), [("cls", False), ("last_token", True)])
+def test_sentence_transformers_layout_for_other_poolings(
+    tiny_model_dir: Path, tmp_path: Path, pooling: str, normalize: bool
+) -> None:
+    from sentence_transformers import SentenceTransformer
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, folder)
+    config = enc_config(folder).model_copy(update={"pooling": pooling, "normalize": normalize})
+    training.write_sentence_transformers_files(folder, config, dimension=32)
+    modules = json.loads((folder / "modules.json").read_text())
+    assert len(modules) == (3 if normalize else 2)
+    flags = json.loads((folder / "1_Pooling/config.json").read_text())
+    assert [k for k, v in flags.items() if v is True and k.startswith("pooling_mode")] == [
+        training.ST_POOLING_KEYS[pooling]
+    ]
+    texts = ["short", "a somewhat longer passage about copper and a harbor"]
+    ours = Encoder(config, device="cpu").encode(texts, "passage")
+    theirs = SentenceTransformer(str(folder), device="cpu").encode(texts, prompt_name="passage")
+    np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-5)
+
+
+def test_history_and_model_card(trained) -> None:
+    out = trained.out_dir
+    saved = json.loads((out / "training_history.json").read_text())
+    assert saved["best_epoch"] == trained.best_epoch
+    assert {"step", "epoch", "loss", "lr"} <= set(saved["steps"][0])
+    assert {"train_loss", "val_loss", "seconds"} <= set(saved["epochs"][0])
+    card = (out / "README.md").read_text()
+    assert "Batch size: **8**" in card and "24 |" in card and METRICS_PLACEHOLDER in card
+    write_model_card(
+        out, metrics_markdown="| metric | base | fine-tuned |\n| --- | --- | --- |\n| nDCG@10 | 0.1 | 0.2 |"
+    )
+    card = (out / "README.md").read_text()
+    assert "nDCG@10 | 0.1 | 0.2" in card and METRICS_PLACEHOLDER not in card
+
+
+def test_best_checkpoint_is_the_lowest_val_loss(
+    tiny_model_dir: Path, data_dir: Path, tmp_path: Path, monkeypatch
+) -> None:
+    # Validation scripted to improve then worsen; each call records the weights it saw.
+    scripted = iter([2.0, 1.5, 1.2, 1.4, 1.6])  # before training, then epochs 1-4
+    seen: list[torch.Tensor] = []
+
+    def scripted_eval(encoder, rows, config, batch_size, autocast=None):
+        seen.append(encoder.model.embeddings.word_embeddings.weight.detach().cpu().clone())
+        return next(scripted)
+
+    monkeypatch.setattr(training, "evaluate_loss", scripted_eval)
+    result = finetune(
+        data_dir / "train.jsonl", data_dir / "val.jsonl", enc_config(tiny_model_dir), fast_config(), tmp_path
+    )
+    val = [e.val_loss for e in result.history.epochs]
+    assert val == [1.5, 1.2, 1.4, 1.6] and result.history.initial_val_loss == 2.0
+    assert result.best_epoch == int(np.argmin(val)) + 1 == 2 and result.best_val_loss == 1.2
+    assert [e.saved for e in result.history.epochs] == [True, True, False, False]
+    from transformers import AutoModel
+
+    saved = AutoModel.from_pretrained(tmp_path).embeddings.word_embeddings.weight.detach()
+    assert torch.equal(saved, seen[2])  # the weights validated after epoch 2
+    assert not torch.equal(saved, seen[4])
+    assert json.loads((tmp_path / "training_history.json").read_text())["best_epoch"] == 2
+
+
+def test_no_validation_keeps_the_last_epoch(tiny_model_dir: Path, data_dir: Path, tmp_path: Path) -> None:
+    result = finetune(data_dir / "train.jsonl", None, enc_config(tiny_model_dir), fast_config(num_epochs=2), tmp_path)
+    assert result.best_epoch == 2 and result.best_val_loss is None and result.num_val_rows == 0
+    assert "no validation rows" in result.history.selection
+
+
+@pytest.mark.parametrize(
+    ("rows", "global_bs", "expected"),
+    [
+        (1024, 128, 128),  # 8 steps: enough
+        (300, 128, 32),  # 128 -> 3 steps, 64 -> 5, 32 -> 10
+        (100, 128, 8),  # 16 -> 7 steps, 8 -> 13
+        (20, 128, 8),  # no power of two >= 8 gives 8 steps: the floor, 8
+        (5, 128, 5),  # fewer rows than 8: the data size
+        (50, 16, 8),  # 16 -> 4 steps, 8 -> 7: none fits, the floor 8
+        (64, 128, 8),  # 8 -> exactly 8 steps
+    ],
+)
+def test_batch_auto_lowering_rule(rows: int, global_bs: int, expected: int) -> None:
+    assert choose_batch_size(rows, global_bs, 8)[0] == expected
+
+
+def test_batch_auto_lowering_is_logged(tiny_model_dir: Path, data_dir: Path, tmp_path: Path, caplog) -> None:
+    logger = logging.getLogger("test_training.lowering")
+    with caplog.at_level(logging.INFO, logger=logger.name):
+        result = finetune(
+            data_dir / "train.jsonl", None, enc_config(tiny_model_dir), fast_config(num_epochs=1), tmp_path, logger
+        )
+    assert result.batch_size == 8
+    assert any("Batch size 8" in r.message and "min_steps_per_epoch 8" in r.message for r in caplog.records)
+
+
+def test_nan_loss_raises_with_the_step(tiny_model_dir: Path, data_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    calls = {"n": 0}
+    real = training.info_nce_loss
+
+    def nan_on_third_call(*args, **kwargs):
+        calls["n"] += 1
+        loss = real(*args, **kwargs)
+        return loss * float("nan") if calls["n"] == 3 else loss
+
+    monkeypatch.setattr(training, "info_nce_loss", nan_on_third_call)
+    with pytest.raises(RuntimeError, match=r"step 3/.*learning_rate.*temperature"):
+        finetune(data_dir / "train.jsonl", None, enc_config(tiny_model_dir), fast_config(), tmp_path)
+
+
+def test_deterministic_for_a_seed(tiny_model_dir: Path, data_dir: Path, tmp_path: Path) -> None:
+    config = fast_config(num_epochs=2)
+    runs = [
+        finetune(data_dir / "train.jsonl", data_dir / "val.jsonl", enc_config(tiny_model_dir), config, tmp_path / s)
+        for s in ("a", "b")
+    ]
+    first, second = ([s.loss for s in r.history.steps] for r in runs)
+    if torch.cuda.is_available():  # embedding backward uses atomics on GPU: equal up to float noise
+        assert second == pytest.approx(first, rel=1e-3)
+    else:
+        assert runs[0].final_train_loss == runs[1].final_train_loss
+        assert first == second
+
+
+def test_empty_train_file_is_a_clear_error(tiny_model_dir: Path, tmp_path: Path) -> None:
+    (tmp_path / "train.jsonl").write_text("")
+    with pytest.raises(ValueError, match="No training rows"):
+        finetune(tmp_path / "train.jsonl", None, enc_config(tiny_model_dir), TrainingConfig(), tmp_path / "out")
+
+
+def test_short_rows_are_masked_not_padded_and_known_positives_never_negatives() -> None:
+    rows = make_rows(["apple", "river"])
+    rows[0] = rows[0].model_copy(update={"negatives": ["a castle"], "negative_ids": ["p-castle"]})  # 1 negative
+    # Same query as row 0, another positive: in-batch, row 1's positive must not be a negative of row 0.
+    rows[1] = rows[1].model_copy(update={"query_id": "q-apple"})
+    positives = {"q-apple": {"p-apple", "p-river"}}
+    own = make_batch(rows, 5, positives, in_batch=False)
+    assert own.owner == [0, 0, 1, 1, 1, 1, 1] and own.positive_col == [0, 2]
+    assert own.excluded == [[2, 3, 4, 5, 6], [0, 1]]
+    in_batch = make_batch(rows, 5, positives, in_batch=True)
+    assert in_batch.excluded == [[2], [0]]
+
+    q = torch.nn.functional.normalize(torch.randn(2, 8), dim=-1)
+    p = torch.nn.functional.normalize(torch.randn(7, 8), dim=-1)
+    loss = info_nce_loss(q, p, own, temperature=0.1)
+    expected = [
+        -torch.log_softmax((q[0] @ p[:2].T) / 0.1, -1)[0],
+        -torch.log_softmax((q[1] @ p[2:].T) / 0.1, -1)[0],
+    ]
+    assert float(loss) == pytest.approx(float(sum(expected) / 2), rel=1e-5)
+    assert math.isfinite(float(info_nce_loss(q, p, in_batch, temperature=0.1)))
+
+
+def test_micro_batches_match_the_full_batch(tiny_model_dir: Path, data_dir: Path, tmp_path: Path) -> None:
+    # Without dropout, accumulating micro-batches is the same optimisation as one full batch.
+    model = tmp_path / "no_dropout"
+    shutil.copytree(tiny_model_dir, model)
+    cfg = json.loads((model / "config.json").read_text())
+    cfg |= {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
+    (model / "config.json").write_text(json.dumps(cfg))
+    configs = [fast_config(num_epochs=2, micro_batch_size=micro, bf16=False) for micro in (None, 3)]
+    runs = [
+        finetune(data_dir / "train.jsonl", None, enc_config(model), c, tmp_path / str(i)) for i, c in enumerate(configs)
+    ]
+    full, micro = ([s.loss for s in r.history.steps] for r in runs)
+    assert micro == pytest.approx(full, rel=1e-4)
+
+
+def test_cli_entry_point(tiny_model_dir: Path, data_dir: Path, tmp_path: Path, capsys) -> None:
+    code = training.main(
+        ["--train", str(data_dir / "train.jsonl"), "--val", str(data_dir / "val.jsonl"), "--model",
+         str(tiny_model_dir), "--out", str(tmp_path / "m"), "--epochs", "1", "--max-length", "32", "--lr", "1e-3"]
+    )  # fmt: skip
+    assert code == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["best_epoch"] == 1 and summary["batch_size"] == 8
+    assert (tmp_path / "m" / "modules.json").is_file()
