@@ -1,10 +1,10 @@
 """`embed-pipeline`: manage corpora (folders + Dagster partitions), build the demo corpus, print reports.
 
-    embed-pipeline corpus add NAME [--from PATH] [--link]   copy (or link) a folder in and register the partition
-    embed-pipeline corpus list                              corpora on disk and partitions in the instance
-    embed-pipeline corpus remove NAME                       unregister the partition (files are kept)
-    embed-pipeline demo-corpus [--name stdlib_docs]         build the demo corpus from stdlib docstrings
-    embed-pipeline report NAME                              base vs fine-tuned table of a corpus
+embed-pipeline corpus add NAME [--from PATH] [--link]   copy (or link) a folder in and register the partition
+embed-pipeline corpus list                              corpora on disk and partitions in the instance
+embed-pipeline corpus remove NAME                       unregister the partition (files are kept)
+embed-pipeline demo-corpus [--name stdlib_docs]         build the demo corpus from stdlib docstrings
+embed-pipeline report NAME                              base vs fine-tuned table of a corpus
 """
 
 from __future__ import annotations
@@ -61,9 +61,7 @@ def corpus_add(name: str, source: str | None, link: bool) -> Path:
         if not src.is_dir():
             raise CliError(f"--from {source!r} is not a folder: point it at the folder holding your documents.")
         if target.exists() or target.is_symlink():
-            raise CliError(
-                f"{target} already exists: choose another NAME, or remove it first to replace its contents."
-            )
+            raise CliError(f"{target} already exists: choose another NAME, or remove it first to replace its contents.")
         corpora.mkdir(parents=True, exist_ok=True)
         if link:
             target.symlink_to(src, target_is_directory=True)
@@ -85,12 +83,18 @@ def corpus_add(name: str, source: str | None, link: bool) -> Path:
 
 def corpus_list() -> list[tuple[str, str, str]]:
     corpora = get_settings().corpora_dir
-    on_disk = {p.name for p in corpora.iterdir() if p.is_dir() and not p.name.startswith(".")} if corpora.is_dir() else set()
+    on_disk = (
+        {p.name for p in corpora.iterdir() if p.is_dir() and not p.name.startswith(".")} if corpora.is_dir() else set()
+    )
     registered = set(_instance().get_dynamic_partitions(PARTITIONS_NAME))
     rows = []
     for name in sorted(on_disk | registered):
         files = sum(1 for f in (corpora / name).rglob("*") if f.is_file()) if name in on_disk else 0
-        state = "ok" if name in on_disk and name in registered else ("not registered" if name in on_disk else "folder missing")
+        state = (
+            "ok"
+            if name in on_disk and name in registered
+            else ("not registered" if name in on_disk else "folder missing")
+        )
         rows.append((name, str(files) if name in on_disk else "-", state))
     if not rows:
         print(f"no corpora under {corpora} (add one: embed-pipeline corpus add NAME --from PATH)")
@@ -128,7 +132,9 @@ def report(name: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="embed-pipeline", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="embed-pipeline", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     corpus = sub.add_parser("corpus", help="manage corpora").add_subparsers(dest="action", required=True)
     add = corpus.add_parser("add", help="copy or link a folder in as a corpus and register its partition")

@@ -57,9 +57,7 @@ def test_config_fields_are_present_in_launchpad():
 
 def test_quality_gates_are_blocking_checks():
     checks = {
-        (spec.asset_key.to_user_string(), spec.name): spec.blocking
-        for asset in ASSETS
-        for spec in asset.check_specs
+        (spec.asset_key.to_user_string(), spec.name): spec.blocking for asset in ASSETS for spec in asset.check_specs
     }
     assert checks[("retrieval_metrics", "finetuned_not_worse_than_base")] is True
     assert checks[("training_examples", "no_test_passages_in_training")] is True

@@ -12,7 +12,13 @@ from embed_pipeline.defs import ASSETS
 from embed_pipeline.defs.resources import BaseEncoder, PipelineStorage
 
 ASSET_DIRS = [
-    "documents", "chunks", "qa_pairs", "qa_splits", "eval_set", "training_examples", "finetuned_model",
+    "documents",
+    "chunks",
+    "qa_pairs",
+    "qa_splits",
+    "eval_set",
+    "training_examples",
+    "finetuned_model",
     "retrieval_metrics",
 ]
 
@@ -92,7 +98,6 @@ def test_all_assets_materialize_in_process(tmp_path: Path, sample_corpus: Path, 
     assert "nDCG" in (model_dir / "README.md").read_text()
 
 
-
 def test_cli_corpus_add_and_dagster_materialize(tmp_path: Path, sample_corpus: Path, tiny_model_dir: Path):
     """What a user types: `embed-pipeline corpus add` then `dagster asset materialize --select '*'`."""
     home = tmp_path / "dagster_home"
@@ -107,18 +112,35 @@ def test_cli_corpus_add_and_dagster_materialize(tmp_path: Path, sample_corpus: P
     bin_dir = Path(sys.executable).parent
     cli = [str(bin_dir / "embed-pipeline")]
 
-    bad = subprocess.run([*cli, "corpus", "add", "../evil", "--from", str(sample_corpus)], env=env, capture_output=True, text=True)
+    bad = subprocess.run(
+        [*cli, "corpus", "add", "../evil", "--from", str(sample_corpus)], env=env, capture_output=True, text=True
+    )
     assert bad.returncode == 2 and "Invalid corpus name" in bad.stderr
 
-    add = subprocess.run([*cli, "corpus", "add", "docs", "--from", str(sample_corpus)], env=env, capture_output=True, text=True)
+    add = subprocess.run(
+        [*cli, "corpus", "add", "docs", "--from", str(sample_corpus)], env=env, capture_output=True, text=True
+    )
     assert add.returncode == 0, add.stderr
     assert (tmp_path / "corpora" / "docs" / "heapq.md").exists()
     listed = subprocess.run([*cli, "corpus", "list"], env=env, capture_output=True, text=True, check=True)
     assert "docs" in listed.stdout and "ok" in listed.stdout
 
     run = subprocess.run(
-        [str(bin_dir / "dagster"), "asset", "materialize", "-m", "embed_pipeline", "--select", "*", "--partition", "docs"],
-        env=env, capture_output=True, text=True, cwd=tmp_path,
+        [
+            str(bin_dir / "dagster"),
+            "asset",
+            "materialize",
+            "-m",
+            "embed_pipeline",
+            "--select",
+            "*",
+            "--partition",
+            "docs",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
     )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     metrics = json.loads((tmp_path / "artifacts" / "docs" / "retrieval_metrics" / "metrics.json").read_text())

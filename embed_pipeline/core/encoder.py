@@ -32,7 +32,13 @@ class EncoderConfig(BaseModel):
     passage_prefix: str = Field("passage: ", description="Prepended to every passage.")
     query_max_length: int = Field(512, ge=8, description="Tokens kept per query.")
     passage_max_length: int = Field(512, ge=8, description="Tokens kept per passage.")
-    batch_size: int = Field(64, ge=1, description="Texts per forward pass at inference.")
+    batch_size: int = Field(64, ge=1, description="Most texts per forward pass at inference.")
+    max_batch_tokens: int = Field(
+        4096,
+        ge=64,
+        description="Most padded tokens per forward pass at inference: long texts go in smaller batches, since "
+        "attention cost grows with the square of the length.",
+    )
 
 
 def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: Pooling) -> torch.Tensor:
@@ -51,6 +57,17 @@ def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: Pooling) -
     raise ValueError(f"Unknown pooling {pooling!r}: use 'mean', 'cls' or 'last_token'.")
 
 
+def token_budget_batches(order: np.ndarray, lengths: list[int], max_texts: int, max_tokens: int) -> list[np.ndarray]:
+    """Cut ``order`` (longest first) into batches of at most ``max_texts`` texts and ``max_tokens`` padded tokens."""
+    batches, start = [], 0
+    while start < len(order):
+        longest = lengths[order[start]]  # longest first: the first text sets the padded length
+        size = max(1, min(max_texts, max_tokens // max(1, longest)))
+        batches.append(order[start : start + size])
+        start += size
+    return batches
+
+
 class Encoder:
     """A tokenizer and a transformer with the pooling, normalisation and prefixes of an ``EncoderConfig``."""
 
@@ -61,7 +78,7 @@ class Encoder:
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(path)
             self.model = AutoModel.from_pretrained(path)
-        except OSError as exc:
+        except (OSError, ValueError) as exc:  # missing files, or files that are not a model
             raise RuntimeError(
                 f"Could not load encoder {config.model!r} (resolved to {path!r}): {exc}. Point EMBED_BASE_MODEL "
                 "(or the run config's `model`) at a local model folder or a hub id available offline."
@@ -105,14 +122,20 @@ class Encoder:
         """Encode texts to a float32 array [N, D], in the caller's order."""
         if not texts:
             return np.zeros((0, self.dimension), dtype=np.float32)
-        bs = batch_size or self.config.batch_size
-        order = np.argsort([-len(t) for t in texts], kind="stable")
+        kind_max = self.config.query_max_length if kind == "query" else self.config.passage_max_length
+        # Tokenize once (without padding) to sort by true length and cut token-budgeted batches.
+        lengths = [
+            min(len(ids), kind_max)
+            for ids in self.tokenizer(self.prefixed(texts, kind), truncation=True, max_length=kind_max)["input_ids"]
+        ]
+        order = np.argsort([-n for n in lengths], kind="stable")
         out = np.empty((len(texts), self.dimension), dtype=np.float32)
         was_training = self.model.training
         self.model.eval()
         progress = Progress(label or f"encode {kind}s", len(texts), logger, unit="texts")
-        for start in range(0, len(texts), bs):
-            idx = order[start : start + bs]
+        for idx in token_budget_batches(
+            order, lengths, batch_size or self.config.batch_size, self.config.max_batch_tokens
+        ):
             emb = self.embed(self.tokenize([texts[i] for i in idx], kind))
             out[idx] = emb.float().cpu().numpy()
             progress.update(len(idx))

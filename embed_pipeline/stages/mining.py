@@ -90,9 +90,7 @@ def mine_hard_negatives(
         raise ValueError("The mining corpus is empty: every chunk belongs to a test document. Add documents.")
     corpus_ids = [c.chunk_id for c in corpus]
     text_of = {c.chunk_id: c.text for c in chunks}
-    leaked = sorted(
-        {d for split_pairs in pairs.values() for p in split_pairs for d in p.doc_ids} & set(test_doc_ids)
-    )
+    leaked = sorted({d for split_pairs in pairs.values() for p in split_pairs for d in p.doc_ids} & set(test_doc_ids))
     if leaked:
         raise ValueError(f"Pairs to mine for cite test documents {leaked[:3]}: the split is broken; rerun qa_splits.")
 

@@ -1,6 +1,5 @@
 """`qa_splits`, `eval_set` and `training_examples`: from synthetic pairs to evaluation and training data."""
 
-
 import time
 
 import dagster as dg
@@ -53,7 +52,10 @@ def qa_splits(context: dg.AssetExecutionContext, config: SplitsRunConfig, storag
     # Re-derive from what was written: every pair's documents must sit in the pair's own split.
     written = read_json(out / "doc_splits.json")
     offenders = [
-        p.query_id for s in SPLITS for p in read_jsonl(out / f"{s}.jsonl", QAPair) if {written[d] for d in p.doc_ids} != {s}
+        p.query_id
+        for s in SPLITS
+        for p in read_jsonl(out / f"{s}.jsonl", QAPair)
+        if {written[d] for d in p.doc_ids} != {s}
     ]
     yield dg.MaterializeResult(
         metadata={
@@ -141,7 +143,11 @@ def training_examples(
             "manifest": dg.MetadataValue.json(manifest),
             "sample": sample_table(
                 [
-                    {"query": r.query, "positive": r.positive, "hardest_negative": r.negatives[0] if r.negatives else ""}
+                    {
+                        "query": r.query,
+                        "positive": r.positive,
+                        "hardest_negative": r.negatives[0] if r.negatives else "",
+                    }
                     for r in train_rows
                 ],
                 ["query", "positive", "hardest_negative"],

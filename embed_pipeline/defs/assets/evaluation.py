@@ -1,6 +1,5 @@
 """`retrieval_metrics`: base vs fine-tuned on the held-out eval set, with a quality gate."""
 
-
 import dagster as dg
 from pydantic import Field
 
@@ -47,8 +46,11 @@ def retrieval_metrics(
         eval_dir, base_encoder.config(), base_encoder.config(str(model_dir)), stage_config, out, logger=context.log
     )
     write_model_card(model_dir, metrics_markdown=result.table)
-    numbers = {f"{who}_{key}": value for who, scores in (("base", result.base), ("finetuned", result.finetuned))
-               for key, value in scores.items()}
+    numbers = {
+        f"{who}_{key}": value
+        for who, scores in (("base", result.base), ("finetuned", result.finetuned))
+        for key, value in scores.items()
+    }
     base10, ft10 = result.base.get("ndcg_at_10", 0.0), result.finetuned.get("ndcg_at_10", 0.0)
     yield dg.MaterializeResult(
         metadata={

@@ -1,6 +1,5 @@
 """`documents` and `chunks`: from a corpus folder to sentence chunks."""
 
-
 import time
 
 import dagster as dg
@@ -45,7 +44,9 @@ def documents(
 
 
 @dg.asset(partitions_def=corpus_partitions, code_version="1", group_name="data", deps=[documents], kinds={"python"})
-def chunks(context: dg.AssetExecutionContext, config: ChunksRunConfig, storage: PipelineStorage) -> dg.MaterializeResult:
+def chunks(
+    context: dg.AssetExecutionContext, config: ChunksRunConfig, storage: PipelineStorage
+) -> dg.MaterializeResult:
     """Paragraph-aware sentence chunks with stable, unique ids."""
     corpus = context.partition_key
     start = time.perf_counter()

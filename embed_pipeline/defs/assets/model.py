@@ -1,6 +1,5 @@
 """`finetuned_model`: contrastive fine-tune of the base encoder on the mined training examples."""
 
-
 import dagster as dg
 
 from embed_pipeline.defs.assets.datasets import training_examples

@@ -1,6 +1,5 @@
 """`qa_pairs`: synthetic queries for every chunk."""
 
-
 import time
 from collections import Counter
 
