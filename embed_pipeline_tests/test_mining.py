@@ -39,17 +39,39 @@ def _chunk(doc: str, i: int, text: str) -> Chunk:
 
 @pytest.fixture()
 def corpus() -> list[Chunk]:
-    topics = ["heap queue priority", "json encoder decoder", "sqlite cursor commit", "socket bind listen",
-              "regex pattern match", "thread lock condition", "zip archive member", "csv reader dialect"]
+    topics = [
+        "heap queue priority",
+        "json encoder decoder",
+        "sqlite cursor commit",
+        "socket bind listen",
+        "regex pattern match",
+        "thread lock condition",
+        "zip archive member",
+        "csv reader dialect",
+    ]
     return [_chunk(f"d{i}", j, f"{t} passage number {j} about {t}.") for i, t in enumerate(topics) for j in range(3)]
 
 
 def test_mining_excludes_test_documents_and_unrolls_positives(corpus, tiny_model_dir: Path):
     encoder = Encoder(EncoderConfig(model=str(tiny_model_dir), query_prefix="", passage_prefix=""))
-    multi = QAPair(query_id="m", query="heap and json", positive_chunk_ids=["d0_0000", "d1_0001"],
-                   doc_ids=["d0", "d1"], query_type="multi_hop", quality_score=9, generator="t")
-    single = QAPair(query_id="s", query="sqlite commit", positive_chunk_ids=["d2_0000"], doc_ids=["d2"],
-                    query_type="keyword", quality_score=9, generator="t")
+    multi = QAPair(
+        query_id="m",
+        query="heap and json",
+        positive_chunk_ids=["d0_0000", "d1_0001"],
+        doc_ids=["d0", "d1"],
+        query_type="multi_hop",
+        quality_score=9,
+        generator="t",
+    )
+    single = QAPair(
+        query_id="s",
+        query="sqlite commit",
+        positive_chunk_ids=["d2_0000"],
+        doc_ids=["d2"],
+        query_type="keyword",
+        quality_score=9,
+        generator="t",
+    )
     config = MiningConfig(hard_negatives_to_mine=4, margin_type="abs", hard_neg_margin=-10.0)  # keep everything
     result = mine_hard_negatives({"train": [multi, single], "val": []}, corpus, {"d7", "d6"}, encoder, config)
     rows = result.examples["train"]
@@ -66,8 +88,15 @@ def test_mining_excludes_test_documents_and_unrolls_positives(corpus, tiny_model
 
 def test_duplicate_of_a_positive_is_not_a_negative(tiny_model_dir: Path):
     chunks = [_chunk("a", 0, "the same text"), _chunk("b", 0, "the same text"), _chunk("c", 0, "other words")]
-    q = QAPair(query_id="q", query="same", positive_chunk_ids=["a_0000"], doc_ids=["a"], query_type="keyword",
-               quality_score=9, generator="t")
+    q = QAPair(
+        query_id="q",
+        query="same",
+        positive_chunk_ids=["a_0000"],
+        doc_ids=["a"],
+        query_type="keyword",
+        quality_score=9,
+        generator="t",
+    )
     encoder = Encoder(EncoderConfig(model=str(tiny_model_dir)))
     cfg = MiningConfig(hard_negatives_to_mine=5, margin_type="abs", hard_neg_margin=-10.0)
     rows = mine_hard_negatives({"train": [q]}, chunks, set(), encoder, cfg).examples["train"]
@@ -75,10 +104,20 @@ def test_duplicate_of_a_positive_is_not_a_negative(tiny_model_dir: Path):
 
 
 def test_extractive_query_is_removed_from_its_positive(tiny_model_dir: Path):
-    chunks = [_chunk("a", 0, "First sentence here. The cloze sentence is this one. Last sentence."),
-              _chunk("b", 0, "unrelated text")]
-    q = QAPair(query_id="q", query="The cloze sentence is this one.", positive_chunk_ids=["a_0000"], doc_ids=["a"],
-               query_type="inverse_cloze", quality_score=9, generator="t", extractive=True)
+    chunks = [
+        _chunk("a", 0, "First sentence here. The cloze sentence is this one. Last sentence."),
+        _chunk("b", 0, "unrelated text"),
+    ]
+    q = QAPair(
+        query_id="q",
+        query="The cloze sentence is this one.",
+        positive_chunk_ids=["a_0000"],
+        doc_ids=["a"],
+        query_type="inverse_cloze",
+        quality_score=9,
+        generator="t",
+        extractive=True,
+    )
     encoder = Encoder(EncoderConfig(model=str(tiny_model_dir)))
     cfg = MiningConfig(margin_type="abs", hard_neg_margin=-10.0)
     [row] = mine_hard_negatives({"train": [q]}, chunks, set(), encoder, cfg).examples["train"]
@@ -86,16 +125,30 @@ def test_extractive_query_is_removed_from_its_positive(tiny_model_dir: Path):
 
 
 def test_pairs_citing_test_documents_are_refused(corpus, tiny_model_dir: Path):
-    q = QAPair(query_id="q", query="x", positive_chunk_ids=["d7_0000"], doc_ids=["d7"], query_type="keyword",
-               quality_score=9, generator="t")
+    q = QAPair(
+        query_id="q",
+        query="x",
+        positive_chunk_ids=["d7_0000"],
+        doc_ids=["d7"],
+        query_type="keyword",
+        quality_score=9,
+        generator="t",
+    )
     encoder = Encoder(EncoderConfig(model=str(tiny_model_dir)))
     with pytest.raises(ValueError, match="test documents"):
         mine_hard_negatives({"train": [q]}, corpus, {"d7"}, encoder, MiningConfig())
 
 
 def test_write_training_examples(corpus, tiny_model_dir: Path, tmp_path: Path):
-    q = QAPair(query_id="q", query="json", positive_chunk_ids=["d1_0000"], doc_ids=["d1"], query_type="keyword",
-               quality_score=9, generator="t")
+    q = QAPair(
+        query_id="q",
+        query="json",
+        positive_chunk_ids=["d1_0000"],
+        doc_ids=["d1"],
+        query_type="keyword",
+        quality_score=9,
+        generator="t",
+    )
     encoder = Encoder(EncoderConfig(model=str(tiny_model_dir)))
     result = mine_hard_negatives({"train": [q], "val": []}, corpus, set(), encoder, MiningConfig())
     manifest = write_training_examples(result, tmp_path)

@@ -271,7 +271,9 @@ def test_micro_batches_match_the_full_batch(tiny_model_dir: Path, data_dir: Path
     cfg = json.loads((model / "config.json").read_text())
     cfg |= {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
     (model / "config.json").write_text(json.dumps(cfg))
-    configs = [fast_config(num_epochs=2, micro_batch_size=micro, bf16=False) for micro in (None, 3)]
+    configs = [
+        fast_config(num_epochs=2, micro_batch_size=micro, bf16=False, in_batch_negatives=False) for micro in (None, 3)
+    ]
     runs = [
         finetune(data_dir / "train.jsonl", None, enc_config(model), c, tmp_path / str(i)) for i, c in enumerate(configs)
     ]

@@ -110,6 +110,36 @@ class Encoder:
         emb = pool(out.last_hidden_state, features["attention_mask"], self.config.pooling)
         return F.normalize(emb, p=2, dim=-1) if self.config.normalize else emb
 
+    def token_lengths(self, texts: list[str], kind: TextKind) -> list[int]:
+        """Tokens per text after prefix and truncation (what padding would be computed from)."""
+        max_len = self.config.query_max_length if kind == "query" else self.config.passage_max_length
+        return [
+            len(ids)
+            for ids in self.tokenizer(self.prefixed(texts, kind), truncation=True, max_length=max_len)["input_ids"]
+        ]
+
+    def batches(self, texts: list[str], kind: TextKind, max_texts: int | None = None) -> list[np.ndarray]:
+        """Index batches, longest texts first, each within ``batch_size`` texts and ``max_batch_tokens`` tokens."""
+        lengths = self.token_lengths(texts, kind)
+        order = np.argsort([-n for n in lengths], kind="stable")
+        return token_budget_batches(order, lengths, max_texts or self.config.batch_size, self.config.max_batch_tokens)
+
+    def embed_texts(self, texts: list[str], kind: TextKind) -> torch.Tensor:
+        """Differentiable embeddings [N, D] in the caller's order, for training.
+
+        Identical texts are embedded once, and texts are length-bucketed into token-budgeted forward passes, so a
+        batch of mostly short passages is not padded to its one long passage.
+        """
+        unique = list(dict.fromkeys(texts))
+        parts, order = [], []
+        for idx in self.batches(unique, kind, max_texts=len(unique)):
+            parts.append(self.embed(self.tokenize([unique[i] for i in idx], kind)))
+            order.extend(idx.tolist())
+        position = {i: row for row, i in enumerate(order)}  # unique index -> row of the concatenation
+        where = {t: position[i] for i, t in enumerate(unique)}
+        rows = torch.tensor([where[t] for t in texts], device=self.device)
+        return torch.cat(parts)[rows]
+
     @torch.inference_mode()
     def encode(
         self,
@@ -122,20 +152,11 @@ class Encoder:
         """Encode texts to a float32 array [N, D], in the caller's order."""
         if not texts:
             return np.zeros((0, self.dimension), dtype=np.float32)
-        kind_max = self.config.query_max_length if kind == "query" else self.config.passage_max_length
-        # Tokenize once (without padding) to sort by true length and cut token-budgeted batches.
-        lengths = [
-            min(len(ids), kind_max)
-            for ids in self.tokenizer(self.prefixed(texts, kind), truncation=True, max_length=kind_max)["input_ids"]
-        ]
-        order = np.argsort([-n for n in lengths], kind="stable")
         out = np.empty((len(texts), self.dimension), dtype=np.float32)
         was_training = self.model.training
         self.model.eval()
         progress = Progress(label or f"encode {kind}s", len(texts), logger, unit="texts")
-        for idx in token_budget_batches(
-            order, lengths, batch_size or self.config.batch_size, self.config.max_batch_tokens
-        ):
+        for idx in self.batches(texts, kind, max_texts=batch_size):
             emb = self.embed(self.tokenize([texts[i] for i in idx], kind))
             out[idx] = emb.float().cpu().numpy()
             progress.update(len(idx))

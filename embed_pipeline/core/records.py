@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Iterable
+
 from pydantic import BaseModel, Field
 
 
@@ -67,6 +70,11 @@ class TrainingExample(BaseModel):
     negatives: list[str]
     positive_score: float = Field(description="Base-model cosine of query and positive.")
     negative_scores: list[float]
+
+
+def duplicate_ids(ids: Iterable[str]) -> list[str]:
+    """Ids that occur more than once, sorted (ids must be unique for qrels and retrieval)."""
+    return sorted(i for i, n in Counter(ids).items() if n > 1)
 
 
 def strip_extract(text: str, extract: str) -> str:

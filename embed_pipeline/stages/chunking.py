@@ -50,7 +50,7 @@ from pydantic import BaseModel, Field
 
 from embed_pipeline.core.artifacts import write_json, write_jsonl
 from embed_pipeline.core.progress import Progress
-from embed_pipeline.core.records import Chunk, Document
+from embed_pipeline.core.records import Chunk, Document, duplicate_ids
 
 _log = logging.getLogger("embed_pipeline.chunking")
 
@@ -316,8 +316,7 @@ def write_chunks(chunks: list[Chunk], out_dir: Path, config: ChunkingConfig | No
 
     Raises ValueError on duplicate chunk ids (a bug guard: ids must be unique for qrels and retrieval).
     """
-    counts = Counter(c.chunk_id for c in chunks)
-    duplicates = sorted(cid for cid, n in counts.items() if n > 1)
+    duplicates = duplicate_ids(c.chunk_id for c in chunks)
     if duplicates:
         raise ValueError(
             f"Duplicate chunk ids ({len(duplicates)}): {duplicates[:10]}. Chunk ids must be unique; this is a bug "

@@ -58,7 +58,7 @@ from pathlib import Path
 from pydantic import BaseModel, Field
 
 from embed_pipeline.core.progress import Progress
-from embed_pipeline.core.records import Chunk, QAPair
+from embed_pipeline.core.records import Chunk, QAPair, duplicate_ids
 
 GENERATOR_NAME = "offline-v1"
 
@@ -372,8 +372,7 @@ def generate_offline(
     """Inverse-cloze and keyword queries for ``chunks`` (see the module docstring), in chunk order."""
     config = config or OfflineGeneratorConfig()
     log = logger or _log
-    ids = Counter(c.chunk_id for c in chunks)
-    duplicates = sorted(cid for cid, n in ids.items() if n > 1)
+    duplicates = duplicate_ids(c.chunk_id for c in chunks)
     if duplicates:
         raise ValueError(
             f"Chunk ids must be unique, found duplicates {duplicates[:5]} ({len(duplicates)} in all); "
