@@ -25,7 +25,9 @@ class Settings(BaseSettings):
     corpora_dir: Path = Field(Path("corpora"), description="Folder whose subfolders are corpora (one partition each).")
     artifacts_dir: Path = Field(Path("artifacts"), description="Where assets write, laid out <corpus>/<asset>/.")
     base_model: str = Field(DEFAULT_BASE_MODEL, description="Base encoder: Hugging Face hub id or local folder.")
-    sdg_generator: str = Field("offline", description="Synthetic query generator: 'offline' or 'llm'.")
+    sdg_generator: str = Field(
+        "offline", description="Synthetic query generator: 'offline' (LLM-free), 'llm' or 'import'."
+    )
     llm_base_url: str = Field("https://integrate.api.nvidia.com/v1", description="OpenAI-compatible endpoint.")
     llm_api_key: SecretStr | None = Field(
         None,
@@ -33,6 +35,12 @@ class Settings(BaseSettings):
         description="API key for the LLM endpoint (never logged).",
     )
     llm_model: str = Field("nvidia/nemotron-3-nano-30b-a3b", description="LLM used for synthetic data.")
+    llm_artifact_extraction_model: str | None = Field(None, description="Override of llm_model for extraction.")
+    llm_qa_generation_model: str | None = Field(None, description="Override of llm_model for QA generation.")
+    llm_quality_judge_model: str | None = Field(None, description="Override of llm_model for the quality judge.")
+    import_path: str | None = Field(
+        None, description="Pairs to import when sdg_generator is 'import' (recipe SDG output, JSONL or BEIR)."
+    )
 
 
 def get_settings() -> Settings:

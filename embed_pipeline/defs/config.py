@@ -15,12 +15,18 @@ S = TypeVar("S", bound=BaseModel)
 
 
 def run_config_for(
-    stage_config: type[BaseModel], name: str, base: type[dg.Config] = dg.Config, **defaults: Any
+    stage_config: type[BaseModel],
+    name: str,
+    base: type[dg.Config] = dg.Config,
+    exclude: frozenset[str] = frozenset(),
+    **defaults: Any,
 ) -> type[dg.Config]:
     """A ``base`` (``dagster.Config`` or a resource) subclass mirroring ``stage_config``'s fields and descriptions;
-    ``defaults`` override the stage defaults."""
+    ``defaults`` override the stage defaults; ``exclude`` leaves fields out (secrets never go in run config)."""
     fields: dict[str, Any] = {}
     for field_name, field in stage_config.model_fields.items():
+        if field_name in exclude:
+            continue
         default = defaults.get(field_name, field.get_default(call_default_factory=True))
         fields[field_name] = (field.annotation, Field(default, description=field.description))
     model = create_model(name, __base__=base, **fields)
@@ -28,6 +34,8 @@ def run_config_for(
     return model
 
 
-def to_stage(config: dg.Config, stage_config: type[S]) -> S:
-    """Validate Launchpad values with the stage's own rules (ranges, cross-field checks)."""
-    return stage_config(**config.model_dump())
+def to_stage(config: dg.Config, stage_config: type[S], **extra: Any) -> S:
+    """Validate Launchpad values with the stage's own rules (ranges, cross-field checks); ``extra`` adds fields
+    that are not run config (e.g. a secret from the environment)."""
+    values = {k: v for k, v in config.model_dump().items() if k in stage_config.model_fields}
+    return stage_config(**values, **extra)

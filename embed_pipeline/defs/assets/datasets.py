@@ -8,7 +8,7 @@ from embed_pipeline.core.artifacts import read_json, read_jsonl
 from embed_pipeline.core.encoder import Encoder
 from embed_pipeline.core.records import Chunk, QAPair, TrainingExample
 from embed_pipeline.defs.assets.ingest import chunks
-from embed_pipeline.defs.assets.synthetic_data import qa_pairs
+from embed_pipeline.defs.assets.synthetic_data import corpus_chunks, qa_pairs
 from embed_pipeline.defs.config import run_config_for, to_stage
 from embed_pipeline.defs.metadata import path_value, sample_table, upstream_file
 from embed_pipeline.defs.partitions import corpus_partitions
@@ -22,7 +22,7 @@ MiningRunConfig = run_config_for(MiningConfig, "MiningRunConfig")
 
 
 def _chunks(storage: PipelineStorage, corpus: str) -> list[Chunk]:
-    return read_jsonl(upstream_file(storage.asset_dir(corpus, "chunks"), "chunks.jsonl", "chunks"), Chunk)
+    return corpus_chunks(storage, corpus)
 
 
 def _split(storage: PipelineStorage, corpus: str, split: str) -> list[QAPair]:
