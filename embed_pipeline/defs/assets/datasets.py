@@ -6,7 +6,7 @@ import dagster as dg
 
 from embed_pipeline.core.artifacts import read_json, read_jsonl
 from embed_pipeline.core.encoder import Encoder
-from embed_pipeline.core.records import Chunk, QAPair, TrainingExample
+from embed_pipeline.core.records import QAPair, TrainingExample
 from embed_pipeline.defs.assets.ingest import chunks
 from embed_pipeline.defs.assets.synthetic_data import corpus_chunks, qa_pairs
 from embed_pipeline.defs.config import run_config_for, to_stage
@@ -19,10 +19,6 @@ from embed_pipeline.stages.splits import SPLITS, SplitConfig, split_pairs, write
 
 SplitsRunConfig = run_config_for(SplitConfig, "SplitsRunConfig")
 MiningRunConfig = run_config_for(MiningConfig, "MiningRunConfig")
-
-
-def _chunks(storage: PipelineStorage, corpus: str) -> list[Chunk]:
-    return corpus_chunks(storage, corpus)
 
 
 def _split(storage: PipelineStorage, corpus: str, split: str) -> list[QAPair]:
@@ -45,7 +41,7 @@ def qa_splits(context: dg.AssetExecutionContext, config: SplitsRunConfig, storag
     """Quality filter, then train/val/test split by document (no document in two splits)."""
     corpus = context.partition_key
     pairs = read_jsonl(upstream_file(storage.asset_dir(corpus, "qa_pairs"), "qa_pairs.jsonl", "qa_pairs"), QAPair)
-    doc_ids = sorted({c.doc_id for c in _chunks(storage, corpus)})
+    doc_ids = sorted({c.doc_id for c in corpus_chunks(storage, corpus)})
     result = split_pairs(pairs, doc_ids, to_stage(config, SplitConfig))
     out = storage.asset_dir(corpus, "qa_splits")
     manifest = write_splits(result, out, logger=context.log)
@@ -88,7 +84,7 @@ def eval_set(context: dg.AssetExecutionContext, storage: PipelineStorage) -> dg.
             f"Corpus {corpus!r} has no test queries: add documents or lower quality_threshold in qa_splits."
         )
     out = storage.asset_dir(corpus, "eval_set")
-    manifest = build_eval_set(_chunks(storage, corpus), test, out)
+    manifest = build_eval_set(corpus_chunks(storage, corpus), test, out)
     return dg.MaterializeResult(
         metadata={
             **{k: v for k, v in manifest.items()},
@@ -115,7 +111,7 @@ def training_examples(
     """Hard negatives mined with the base model (test passages never used), one row per positive."""
     corpus = context.partition_key
     start = time.perf_counter()
-    chunk_records = _chunks(storage, corpus)
+    chunk_records = corpus_chunks(storage, corpus)
     doc_splits = _doc_splits(storage, corpus)
     test_docs = {d for d, s in doc_splits.items() if s == "test"}
     pairs = {s: _split(storage, corpus, s) for s in ("train", "val")}

@@ -7,7 +7,7 @@ import dagster as dg
 from pydantic import Field
 
 from embed_pipeline.core.artifacts import read_jsonl, write_jsonl
-from embed_pipeline.core.records import Chunk, QAPair
+from embed_pipeline.core.records import Chunk
 from embed_pipeline.core.settings import get_settings
 from embed_pipeline.defs.assets.ingest import chunks
 from embed_pipeline.defs.config import run_config_for, to_stage
@@ -151,5 +151,3 @@ def corpus_chunks(storage: PipelineStorage, corpus: str) -> list[Chunk]:
     extra = storage.asset_dir(corpus, "qa_pairs") / EXTRA_CHUNKS
     return result + (read_jsonl(extra, Chunk) if extra.exists() else [])
 
-
-__all__ = ["qa_pairs", "corpus_chunks", "QAPair"]
