@@ -6,6 +6,7 @@ import json
 import logging
 import math
 import shutil
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -20,9 +21,13 @@ from embed_pipeline.stages.model_card import METRICS_PLACEHOLDER, write_model_ca
 from embed_pipeline.stages.training import (
     TrainingConfig,
     choose_batch_size,
+    choose_micro_batch,
     evaluate_loss,
     finetune,
+    grad_cache_backward,
+    grad_cache_chunks,
     info_nce_loss,
+    lr_at,
     make_batch,
 )
 
@@ -53,6 +58,15 @@ def make_rows(words: list[str]) -> list[TrainingExample]:
     return rows
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """One intra-op thread: these models are tiny, and on a loaded CPU two spinning threads are several times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     d = tmp_path_factory.mktemp("training_data")
@@ -69,6 +83,14 @@ def fast_config(**overrides) -> TrainingConfig:
     return TrainingConfig(
         **({"learning_rate": 3e-3, "temperature": 0.05, "num_epochs": 4, "warmup_steps": 2} | overrides)
     )
+
+
+def without_dropout(model_dir: Path, folder: Path) -> Path:
+    shutil.copytree(model_dir, folder)
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg |= {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
+    (folder / "config.json").write_text(json.dumps(cfg))
+    return folder
 
 
 @pytest.fixture(scope="module")
@@ -266,11 +288,7 @@ def test_short_rows_are_masked_not_padded_and_known_positives_never_negatives() 
 
 def test_micro_batches_match_the_full_batch(tiny_model_dir: Path, data_dir: Path, tmp_path: Path) -> None:
     # Without dropout, accumulating micro-batches is the same optimisation as one full batch.
-    model = tmp_path / "no_dropout"
-    shutil.copytree(tiny_model_dir, model)
-    cfg = json.loads((model / "config.json").read_text())
-    cfg |= {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
-    (model / "config.json").write_text(json.dumps(cfg))
+    model = without_dropout(tiny_model_dir, tmp_path / "no_dropout")
     configs = [
         fast_config(num_epochs=2, micro_batch_size=micro, bf16=False, in_batch_negatives=False) for micro in (None, 3)
     ]
@@ -290,3 +308,177 @@ def test_cli_entry_point(tiny_model_dir: Path, data_dir: Path, tmp_path: Path, c
     summary = json.loads(capsys.readouterr().out)
     assert summary["best_epoch"] == 1 and summary["batch_size"] == 8
     assert (tmp_path / "m" / "modules.json").is_file()
+
+
+# --------------------------------------------------------------------------------------------------- schedule
+
+
+def test_lr_warmup_ratio_and_decay() -> None:
+    cosine = TrainingConfig(learning_rate=1.0, warmup_steps=2)
+    assert [lr_at(s, 10, cosine) for s in (0, 1)] == [0.5, 1.0]
+    assert lr_at(2, 10, cosine) == pytest.approx(1.0) and lr_at(6, 10, cosine) == pytest.approx(0.5)
+    linear = cosine.model_copy(update={"lr_decay": "linear"})
+    assert [round(lr_at(s, 10, linear), 6) for s in range(2, 10)] == [1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25, 0.125]
+    ratio = cosine.model_copy(update={"warmup_ratio": 0.25})  # ceil(0.25 * 10) = 3 steps, overriding warmup_steps
+    assert [round(lr_at(s, 10, ratio), 6) for s in range(4)] == [0.333333, 0.666667, 1.0, 1.0]
+    assert training.warmup_steps_for(10, ratio) == 3 and training.warmup_steps_for(10, cosine) == 2
+
+
+# --------------------------------------------------------------------------------------------------- GradCache
+
+
+def test_micro_batch_choice() -> None:
+    auto = choose_micro_batch(128, TrainingConfig())  # unset: one pass, the fastest step
+    assert (auto.micro_batch_size, auto.grad_cache) == (128, False) and "one forward/backward pass" in auto.reason
+    cached = choose_micro_batch(128, TrainingConfig(micro_batch_size=32))
+    assert (cached.micro_batch_size, cached.grad_cache) == (32, True) and "GradCache" in cached.reason
+    small = choose_micro_batch(8, TrainingConfig())
+    assert (small.micro_batch_size, small.grad_cache) == (8, False) and "one forward/backward pass" in small.reason
+    plain = choose_micro_batch(128, TrainingConfig(grad_cache=False))  # unset + no GradCache: never narrow negatives
+    assert (plain.micro_batch_size, plain.grad_cache) == (128, False)
+    narrow = choose_micro_batch(128, TrainingConfig(grad_cache=False, micro_batch_size=16))
+    assert (narrow.micro_batch_size, narrow.grad_cache) == (
+        16,
+        False,
+    ) and "micro-batch of 16 rows only" in narrow.reason
+    hard_only = choose_micro_batch(128, TrainingConfig(in_batch_negatives=False, micro_batch_size=32))
+    assert (hard_only.micro_batch_size, hard_only.grad_cache) == (32, False) and "exact" in hard_only.reason
+
+
+def small_passes(model: Path) -> EncoderConfig:
+    """Forward passes of at most 64 padded tokens (~5 of the test passages), so a batch runs in several passes."""
+    return enc_config(model).model_copy(update={"max_batch_tokens": 64})
+
+
+@pytest.mark.parametrize("dropout", [False, True])
+def test_grad_cache_matches_the_full_batch(tiny_model_dir: Path, data_dir: Path, tmp_path: Path, dropout: bool) -> None:
+    # In-batch negatives on: GradCache with micro-batches of 3 rows trains like the one-pass batch of 8, with dropout
+    # too (its chunks replay the one-pass batch's forward passes and RNG states).
+    model = tiny_model_dir if dropout else without_dropout(tiny_model_dir, tmp_path / "no_dropout")
+    runs = {}
+    for name, overrides in {
+        "full": {},
+        "grad_cache": {"micro_batch_size": 3},
+        "accumulated": {"micro_batch_size": 3, "grad_cache": False},
+    }.items():
+        config = fast_config(num_epochs=2, bf16=False, **overrides)
+        result = finetune(data_dir / "train.jsonl", None, small_passes(model), config, tmp_path / name)
+        weights = {k: v.clone() for k, v in Encoder(enc_config(result.out_dir)).model.state_dict().items()}
+        runs[name] = ([s.loss for s in result.history.steps], weights, result)
+    (full, full_w, full_r), (cached, cached_w, cached_r) = runs["full"], runs["grad_cache"]
+    assert not full_r.grad_cache and cached_r.grad_cache and cached_r.micro_batch_size == 3
+    assert cached == pytest.approx(full, rel=1e-5)
+    # Updates are ~1e-2 per weight; the two differ by float rounding (~1e-7), except the attention key biases, whose
+    # true gradient is 0 (softmax ignores them): Adam turns their rounding noise into ~1e-6 steps in both runs.
+    for name, w in full_w.items():
+        torch.testing.assert_close(cached_w[name], w, rtol=0, atol=1e-5, msg=name)
+    # Plain accumulation draws in-batch negatives from each micro-batch only: an easier, different loss.
+    accumulated = runs["accumulated"][0]
+    assert accumulated[0] < full[0] - 0.1
+
+
+def test_grad_cache_step_is_the_one_pass_step_with_dropout(tiny_model_dir: Path, monkeypatch) -> None:
+    encoder = Encoder(small_passes(tiny_model_dir), device="cpu")
+    encoder.model.train()  # dropout on
+    rows = make_rows(WORDS[:8])
+    batch = make_batch(rows, 5, training._positives_by_query(rows), in_batch=True)
+    config = fast_config()
+    chunks = grad_cache_chunks(encoder, batch, n_chunks=3)
+    passages = [texts for kind, texts in chunks if kind == "passage"]
+    assert len(passages) == 3 and sum(map(len, passages)) == len(set(batch.passages)) < len(batch.passages)
+
+    def gradients() -> dict[str, torch.Tensor]:
+        grads = {n: p.grad.clone() for n, p in encoder.model.named_parameters() if p.grad is not None}
+        encoder.model.zero_grad(set_to_none=True)
+        return grads
+
+    torch.manual_seed(7)
+    one_pass_loss = training.batch_loss(encoder, batch, config.temperature, nullcontext)
+    one_pass_loss.backward()
+    one_pass, rng_after = gradients(), torch.get_rng_state()
+
+    torch.manual_seed(7)
+    loss = grad_cache_backward(encoder, batch, 3, config, "test")
+    cached = gradients()
+    assert loss == pytest.approx(one_pass_loss.item(), rel=1e-6)
+    assert torch.equal(torch.get_rng_state(), rng_after)  # the next step draws what it would have drawn
+    assert cached.keys() == one_pass.keys()
+    for name, g in one_pass.items():
+        torch.testing.assert_close(cached[name], g, rtol=1e-4, atol=1e-7, msg=name)
+
+    # Without replaying the RNG state the second forwards draw other dropout masks: the gradient is wrong.
+    monkeypatch.setattr(training, "_set_rng_state", lambda state, device: None)
+    torch.manual_seed(7)
+    grad_cache_backward(encoder, batch, 3, config, "test")
+    wrong = gradients()
+    assert not all(torch.allclose(wrong[n], g, rtol=1e-4, atol=1e-7) for n, g in one_pass.items())
+
+
+def test_micro_batch_choice_is_logged(tiny_model_dir: Path, data_dir: Path, tmp_path: Path, caplog) -> None:
+    logger = logging.getLogger("test_training.micro")
+    config = fast_config(num_epochs=1, micro_batch_size=4)
+    with caplog.at_level(logging.INFO, logger=logger.name):
+        result = finetune(data_dir / "train.jsonl", None, enc_config(tiny_model_dir), config, tmp_path, logger)
+    assert result.grad_cache and result.history.micro_batch_size == 4
+    assert any("Micro-batch 4, GradCache on" in r.message for r in caplog.records)
+    card = (tmp_path / "README.md").read_text()
+    assert "| GradCache (exact in-batch negatives over micro-batches) | yes |" in card
+    assert "GradCache in about 2 chunks of 4 rows' share of the batch's tokens" in card
+
+
+# --------------------------------------------------------------------------------------------------- validation
+
+
+def scripted_validation(monkeypatch, values: list[float]) -> list[torch.Tensor]:
+    """Replace evaluate_loss by ``values`` in order; returns the weights each call saw."""
+    scripted, seen = iter(values), []
+
+    def scripted_eval(encoder, rows, config, batch_size, autocast=None):
+        seen.append(encoder.model.embeddings.word_embeddings.weight.detach().cpu().clone())
+        return next(scripted)
+
+    monkeypatch.setattr(training, "evaluate_loss", scripted_eval)
+    return seen
+
+
+def saved_embeddings(folder: Path) -> torch.Tensor:
+    from transformers import AutoModel
+
+    return AutoModel.from_pretrained(folder).embeddings.word_embeddings.weight.detach()
+
+
+def test_eval_steps_keep_the_best_step(tiny_model_dir: Path, data_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    # 4 epochs x 3 steps; every 2 steps and every epoch end (step 6 is both: validated once).
+    values = [2.0, 1.9, 1.8, 1.85, 1.7, 1.75, 1.72, 1.71, 1.9]
+    seen = scripted_validation(monkeypatch, values)
+    config = fast_config(eval_steps=2)
+    result = finetune(data_dir / "train.jsonl", data_dir / "val.jsonl", enc_config(tiny_model_dir), config, tmp_path)
+    evals = result.history.evals
+    assert [e.step for e in evals] == [2, 3, 4, 6, 8, 9, 10, 12]
+    assert [e.val_loss for e in evals] == values[1:]
+    assert [e.saved for e in evals] == [True, True, False, True, False, False, False, False]
+    assert (result.best_step, result.best_epoch, result.best_val_loss) == (6, 2, 1.7)
+    assert [e.val_loss for e in result.history.epochs] == [1.8, 1.7, 1.72, 1.9]
+    assert torch.equal(saved_embeddings(tmp_path), seen[4])  # the weights validated at step 6
+    assert "step 6, epoch 2" in result.history.selection
+    card = (tmp_path / "README.md").read_text()
+    assert "| validation | every epoch and every 2 steps |" in card and "| 6 | 2 | 1.7000 | yes |" in card
+
+
+def test_early_stopping(tiny_model_dir: Path, data_dir: Path, tmp_path: Path, monkeypatch, caplog) -> None:
+    # Validate every step; the best is step 2; steps 3 and 4 do not improve: stop after step 4 (epoch 2, mid-epoch).
+    seen = scripted_validation(monkeypatch, [2.0, 1.5, 1.4, 1.6, 1.7, 1.0])
+    config = fast_config(eval_steps=1, eval_every_epoch=False, early_stopping_patience=2)
+    logger = logging.getLogger("test_training.early")
+    with caplog.at_level(logging.INFO, logger=logger.name):
+        result = finetune(
+            data_dir / "train.jsonl", data_dir / "val.jsonl", enc_config(tiny_model_dir), config, tmp_path, logger
+        )
+    assert result.stopped_early and result.steps == 4 < result.history.total_steps
+    assert (result.best_step, result.best_epoch, result.best_val_loss) == (2, 1, 1.4)
+    assert [e.step for e in result.history.evals] == [1, 2, 3, 4]
+    assert [(e.epoch, e.complete, e.val_loss) for e in result.history.epochs] == [(1, True, 1.6), (2, False, 1.7)]
+    assert "early_stopping_patience" in result.history.stop_reason and "stopped early" in result.history.selection
+    assert any("Early stopping" in r.message for r in caplog.records)
+    assert torch.equal(saved_embeddings(tmp_path), seen[2])
+    assert "2 (stopped early)" in (tmp_path / "README.md").read_text()

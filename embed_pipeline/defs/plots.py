@@ -17,8 +17,8 @@ def _figure_md(fig, alt: str) -> dg.MetadataValue:
     return dg.MetadataValue.md(f"![{alt}](data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()})")
 
 
-def training_curves(steps: list[dict], epochs: list[dict]) -> dg.MetadataValue:
-    """Train loss and learning rate per step, validation loss per epoch."""
+def training_curves(steps: list[dict], evals: list[dict]) -> dg.MetadataValue:
+    """Train loss and learning rate per step, validation loss at each validation (``step``, ``val_loss``)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -26,7 +26,7 @@ def training_curves(steps: list[dict], epochs: list[dict]) -> dg.MetadataValue:
 
     fig, (ax_loss, ax_lr) = plt.subplots(1, 2, figsize=(10, 3.5))
     ax_loss.plot([s["step"] for s in steps], [s["loss"] for s in steps], label="train loss", lw=1)
-    val = [(e["step"], e["val_loss"]) for e in epochs if e.get("val_loss") is not None and "step" in e]
+    val = [(e["step"], e["val_loss"]) for e in evals]
     if val:
         ax_loss.plot(*zip(*val, strict=True), "o-", label="val loss")
     ax_loss.set_xlabel("step")

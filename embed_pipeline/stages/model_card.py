@@ -72,9 +72,11 @@ print(model.similarity(q, p))
 
 Batch size: {batch_size_line}
 
+Micro-batches: {micro_batch_line}
+
 Loss: InfoNCE, cross-entropy over q·p / temperature with the positive as target; {negatives_line}.
-Optimizer: AdamW (no weight decay on biases and norm weights), linear warmup then cosine decay to 0, gradient
-clipping. Device: {device}. Time: {seconds} ({examples_per_s} examples/s).
+Optimizer: AdamW (no weight decay on biases and norm weights), linear warmup then {lr_decay} decay to 0, gradient
+clipping. Device: {device}. Time: {seconds} ({examples_per_s} examples/s).{resumed_line}
 
 ## Validation
 
@@ -83,7 +85,7 @@ Checkpoint kept: {selection}.
 | epoch | train loss | val loss | saved |
 | --- | --- | --- | --- |
 {epoch_rows}
-"""
+{evals_table}"""
 
 
 def _fmt(x: Any, digits: int = 4) -> str:
@@ -106,26 +108,51 @@ def _data_row(name: str, d: dict | None) -> str:
 def render_model_card(history: dict, metrics_markdown: str | None = None, title: str | None = None) -> str:
     """The card's Markdown from a ``training_history.json`` dict (and the metrics table, if measured)."""
     enc, cfg = history["encoder_config"], history["training_config"]
+    warmup = history.get("warmup_steps", cfg["warmup_steps"])
+    if cfg.get("warmup_ratio") is not None:
+        warmup = f"{warmup} (warmup_ratio {cfg['warmup_ratio']})"
+    validation = ["every epoch"] if cfg.get("eval_every_epoch", True) else []
+    if cfg.get("eval_steps"):
+        validation.append(f"every {cfg['eval_steps']} steps")
+    micro = history.get("micro_batch_size") or cfg.get("micro_batch_size") or "whole batch"
     hyper = {
         "epochs": cfg["num_epochs"],
         "learning rate (peak)": cfg["learning_rate"],
-        "warmup steps": cfg["warmup_steps"],
+        "warmup steps": warmup,
+        "lr decay": cfg.get("lr_decay", "cosine"),
         "weight decay": cfg["weight_decay"],
         "temperature": cfg["temperature"],
         "passages per query (1 positive + hard negatives)": cfg["train_n_passages"],
         "global batch size (configured)": cfg["global_batch_size"],
-        "micro batch size": cfg.get("micro_batch_size") or "whole batch",
+        "micro batch size": micro,
+        "GradCache (exact in-batch negatives over micro-batches)": "yes" if history.get("grad_cache") else "no",
         "max grad norm": cfg["max_grad_norm"],
         "seed": cfg["seed"],
         "steps (per epoch / total)": f"{history['steps_per_epoch']} / {history['total_steps']}",
+        "validation": " and ".join(validation) or "once, after the last step",
+        "early stopping patience": cfg.get("early_stopping_patience") or "off",
+        "resumable state every": f"{cfg['checkpoint_steps']} steps" if cfg.get("checkpoint_steps") else "off",
     }
     epochs = [
         f"| 0 (base) | - | {_fmt(history.get('initial_val_loss'))} | - |",
         *(
-            f"| {e['epoch']} | {_fmt(e['train_loss'])} | {_fmt(e['val_loss'])} | {'yes' if e['saved'] else ''} |"
+            f"| {e['epoch']}{'' if e.get('complete', True) else ' (stopped early)'} | {_fmt(e['train_loss'])} | "
+            f"{_fmt(e['val_loss'])} | {'yes' if e['saved'] else ''} |"
             for e in history.get("epochs", [])
         ),
     ]
+    evals = history.get("evals") or []
+    evals_table = ""
+    if cfg.get("eval_steps") and evals:
+        evals_table = (
+            "\nEvery validation (eval_steps):\n\n| step | epoch | val loss | saved |\n| --- | --- | --- | --- |\n"
+            + "\n".join(
+                f"| {e['step']} | {e['epoch']} | {_fmt(e['val_loss'])} | {'yes' if e['saved'] else ''} |" for e in evals
+            )
+            + "\n"
+        )
+    resumed = history.get("resumed_from_steps") or []
+    resumed_line = f"\nResumed from a saved training state at step {', '.join(map(str, resumed))}." if resumed else ""
     negatives = "hard negatives only (each query scored against its own group)"
     if cfg.get("in_batch_negatives"):
         negatives = "hard negatives plus in-batch negatives (the other rows' passages)"
@@ -142,7 +169,11 @@ def render_model_card(history: dict, metrics_markdown: str | None = None, title:
         data_rows="\n".join([_data_row("train", history["train_data"]), _data_row("val", history.get("val_data"))]),
         hyper_rows="\n".join(f"| {k} | {v} |" for k, v in hyper.items()),
         batch_size_line=f"**{history['batch_size']}** ({history['batch_size_reason']}).",
+        micro_batch_line=f"{history.get('micro_batch_reason') or f'{micro} rows per forward/backward pass'}.",
         negatives_line=negatives,
+        lr_decay=cfg.get("lr_decay", "cosine"),
+        resumed_line=resumed_line,
+        evals_table=evals_table,
         device=history.get("device", "?"),
         seconds=f"{history.get('seconds', 0.0):.1f} s",
         examples_per_s=_fmt(history.get("examples_per_s"), 1),

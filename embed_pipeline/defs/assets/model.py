@@ -42,7 +42,7 @@ def finetuned_model(
     )
     history = result.history
     steps = [s.model_dump() for s in history.steps]
-    epochs = [{**e.model_dump(), "step": e.epoch * history.steps_per_epoch} for e in history.epochs]
+    epochs = [e.model_dump() for e in history.epochs]
     epoch_rows = "\n".join(
         f"| {e['epoch']} | {e['train_loss']:.4f} | "
         f"{'-' if e['val_loss'] is None else format(e['val_loss'], '.4f')} | {e['seconds']:.1f} | "
@@ -51,7 +51,7 @@ def finetuned_model(
     )
     return dg.MaterializeResult(
         metadata={
-            "training_curves": training_curves(steps, epochs),
+            "training_curves": training_curves(steps, [e.model_dump() for e in history.evals]),
             "epochs": dg.MetadataValue.md(
                 "| epoch | train loss | val loss | seconds | kept |\n|---|---|---|---|---|\n" + epoch_rows
             ),
@@ -60,7 +60,11 @@ def finetuned_model(
             "batch_size": result.batch_size,
             "batch_size_reason": history.batch_size_reason,
             "steps": result.steps,
+            "micro_batch_size": result.micro_batch_size or result.batch_size,
+            "grad_cache": result.grad_cache,
             "best_epoch": result.best_epoch,
+            "best_step": result.best_step if result.best_step is not None else -1,
+            "stopped_early": result.stopped_early,
             "best_val_loss": dg.MetadataValue.float(result.best_val_loss)
             if result.best_val_loss is not None
             else dg.MetadataValue.text("n/a (no validation split)"),

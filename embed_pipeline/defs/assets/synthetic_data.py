@@ -150,4 +150,3 @@ def corpus_chunks(storage: PipelineStorage, corpus: str) -> list[Chunk]:
     result = read_jsonl(upstream_file(storage.asset_dir(corpus, "chunks"), "chunks.jsonl", "chunks"), Chunk)
     extra = storage.asset_dir(corpus, "qa_pairs") / EXTRA_CHUNKS
     return result + (read_jsonl(extra, Chunk) if extra.exists() else [])
-
