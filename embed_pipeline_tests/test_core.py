@@ -90,3 +90,14 @@ def test_encoder_prefixes_normalisation_and_order(tiny_model_dir: Path):
 def test_unloadable_model_error_says_what_to_do(tmp_path: Path):
     with pytest.raises(RuntimeError, match="EMBED_BASE_MODEL"):
         Encoder(EncoderConfig(model=str(tmp_path)))
+
+
+def test_encode_embeds_identical_texts_once(tiny_model_dir: Path, monkeypatch):
+    enc = Encoder(EncoderConfig(model=str(tiny_model_dir)))
+    seen: list[int] = []
+    real_embed = enc.embed
+    monkeypatch.setattr(enc, "embed", lambda f: seen.append(f["input_ids"].shape[0]) or real_embed(f))
+    out = enc.encode(["alpha text", "beta", "alpha text", "beta", "gamma words"], "passage")
+    assert sum(seen) == 3  # three distinct texts
+    assert out.shape == (5, 32)
+    assert (out[0] == out[2]).all() and (out[1] == out[3]).all()

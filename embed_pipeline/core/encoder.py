@@ -149,16 +149,20 @@ class Encoder:
         logger: logging.Logger | None = None,
         label: str | None = None,
     ) -> np.ndarray:
-        """Encode texts to a float32 array [N, D], in the caller's order."""
+        """Encode texts to a float32 array [N, D], in the caller's order; identical texts are encoded once."""
         if not texts:
             return np.zeros((0, self.dimension), dtype=np.float32)
-        out = np.empty((len(texts), self.dimension), dtype=np.float32)
+        unique = list(dict.fromkeys(texts))
+        out = np.empty((len(unique), self.dimension), dtype=np.float32)
         was_training = self.model.training
         self.model.eval()
-        progress = Progress(label or f"encode {kind}s", len(texts), logger, unit="texts")
-        for idx in self.batches(texts, kind, max_texts=batch_size):
-            emb = self.embed(self.tokenize([texts[i] for i in idx], kind))
+        progress = Progress(label or f"encode {kind}s", len(unique), logger, unit="texts")
+        for idx in self.batches(unique, kind, max_texts=batch_size):
+            emb = self.embed(self.tokenize([unique[i] for i in idx], kind))
             out[idx] = emb.float().cpu().numpy()
             progress.update(len(idx))
         self.model.train(was_training)
-        return out
+        if len(unique) == len(texts):
+            return out
+        row = {t: i for i, t in enumerate(unique)}
+        return out[[row[t] for t in texts]]
