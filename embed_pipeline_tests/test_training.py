@@ -21,15 +21,21 @@ from embed_pipeline.stages.model_card import METRICS_PLACEHOLDER, write_model_ca
 from embed_pipeline.stages.training import (
     TrainingConfig,
     choose_batch_size,
-    choose_micro_batch,
+    choose_local_batch,
     evaluate_loss,
     finetune,
-    grad_cache_backward,
     grad_cache_chunks,
     info_nce_loss,
     lr_at,
     make_batch,
+    share_backward,
 )
+from embed_pipeline.stages.training import cli as training_cli
+from embed_pipeline.stages.training import grad_cache as training_grad_cache
+from embed_pipeline.stages.training import loop as training_loop
+from embed_pipeline.stages.training import loss as training_loss
+from embed_pipeline.stages.training.distributed import Dist
+from embed_pipeline.stages.training.loss import Objective
 
 WORDS = (
     "apple river castle guitar orange planet tiger engine silver forest window garden rocket pencil dragon "
@@ -177,11 +183,11 @@ def test_best_checkpoint_is_the_lowest_val_loss(
     scripted = iter([2.0, 1.5, 1.2, 1.4, 1.6])  # before training, then epochs 1-4
     seen: list[torch.Tensor] = []
 
-    def scripted_eval(encoder, rows, config, batch_size, autocast=None):
+    def scripted_eval(encoder, rows, config, batch_size, *args):
         seen.append(encoder.model.embeddings.word_embeddings.weight.detach().cpu().clone())
         return next(scripted)
 
-    monkeypatch.setattr(training, "evaluate_loss", scripted_eval)
+    monkeypatch.setattr(training_loop, "evaluate_loss", scripted_eval)
     result = finetune(
         data_dir / "train.jsonl", data_dir / "val.jsonl", enc_config(tiny_model_dir), fast_config(), tmp_path
     )
@@ -231,14 +237,14 @@ def test_batch_auto_lowering_is_logged(tiny_model_dir: Path, data_dir: Path, tmp
 
 def test_nan_loss_raises_with_the_step(tiny_model_dir: Path, data_dir: Path, tmp_path: Path, monkeypatch) -> None:
     calls = {"n": 0}
-    real = training.info_nce_loss
+    real = training_loss.info_nce_loss
 
     def nan_on_third_call(*args, **kwargs):
         calls["n"] += 1
         loss = real(*args, **kwargs)
         return loss * float("nan") if calls["n"] == 3 else loss
 
-    monkeypatch.setattr(training, "info_nce_loss", nan_on_third_call)
+    monkeypatch.setattr(training_loss, "info_nce_loss", nan_on_third_call)
     with pytest.raises(RuntimeError, match=r"step 3/.*learning_rate.*temperature"):
         finetune(data_dir / "train.jsonl", None, enc_config(tiny_model_dir), fast_config(), tmp_path)
 
@@ -290,7 +296,7 @@ def test_micro_batches_match_the_full_batch(tiny_model_dir: Path, data_dir: Path
     # Without dropout, accumulating micro-batches is the same optimisation as one full batch.
     model = without_dropout(tiny_model_dir, tmp_path / "no_dropout")
     configs = [
-        fast_config(num_epochs=2, micro_batch_size=micro, bf16=False, in_batch_negatives=False) for micro in (None, 3)
+        fast_config(num_epochs=2, local_batch_size=micro, bf16=False, in_batch_negatives=False) for micro in (None, 3)
     ]
     runs = [
         finetune(data_dir / "train.jsonl", None, enc_config(model), c, tmp_path / str(i)) for i, c in enumerate(configs)
@@ -300,7 +306,7 @@ def test_micro_batches_match_the_full_batch(tiny_model_dir: Path, data_dir: Path
 
 
 def test_cli_entry_point(tiny_model_dir: Path, data_dir: Path, tmp_path: Path, capsys) -> None:
-    code = training.main(
+    code = training_cli.main(
         ["--train", str(data_dir / "train.jsonl"), "--val", str(data_dir / "val.jsonl"), "--model",
          str(tiny_model_dir), "--out", str(tmp_path / "m"), "--epochs", "1", "--max-length", "32", "--lr", "1e-3"]
     )  # fmt: skip
@@ -327,22 +333,22 @@ def test_lr_warmup_ratio_and_decay() -> None:
 # --------------------------------------------------------------------------------------------------- GradCache
 
 
-def test_micro_batch_choice() -> None:
-    auto = choose_micro_batch(128, TrainingConfig())  # unset: one pass, the fastest step
-    assert (auto.micro_batch_size, auto.grad_cache) == (128, False) and "one forward/backward pass" in auto.reason
-    cached = choose_micro_batch(128, TrainingConfig(micro_batch_size=32))
-    assert (cached.micro_batch_size, cached.grad_cache) == (32, True) and "GradCache" in cached.reason
-    small = choose_micro_batch(8, TrainingConfig())
-    assert (small.micro_batch_size, small.grad_cache) == (8, False) and "one forward/backward pass" in small.reason
-    plain = choose_micro_batch(128, TrainingConfig(grad_cache=False))  # unset + no GradCache: never narrow negatives
-    assert (plain.micro_batch_size, plain.grad_cache) == (128, False)
-    narrow = choose_micro_batch(128, TrainingConfig(grad_cache=False, micro_batch_size=16))
-    assert (narrow.micro_batch_size, narrow.grad_cache) == (
+def test_local_batch_choice() -> None:
+    auto = choose_local_batch(128, TrainingConfig())  # unset: one pass, the fastest step
+    assert (auto.local_batch_size, auto.grad_cache) == (128, False) and "one forward/backward pass" in auto.reason
+    cached = choose_local_batch(128, TrainingConfig(local_batch_size=32))
+    assert (cached.local_batch_size, cached.grad_cache) == (32, True) and "GradCache" in cached.reason
+    small = choose_local_batch(8, TrainingConfig())
+    assert (small.local_batch_size, small.grad_cache) == (8, False) and "one forward/backward pass" in small.reason
+    plain = choose_local_batch(128, TrainingConfig(grad_cache=False))  # unset + no GradCache: never narrow negatives
+    assert (plain.local_batch_size, plain.grad_cache) == (128, False)
+    narrow = choose_local_batch(128, TrainingConfig(grad_cache=False, local_batch_size=16))
+    assert (narrow.local_batch_size, narrow.grad_cache) == (
         16,
         False,
     ) and "micro-batch of 16 rows only" in narrow.reason
-    hard_only = choose_micro_batch(128, TrainingConfig(in_batch_negatives=False, micro_batch_size=32))
-    assert (hard_only.micro_batch_size, hard_only.grad_cache) == (32, False) and "exact" in hard_only.reason
+    hard_only = choose_local_batch(128, TrainingConfig(in_batch_negatives=False, local_batch_size=32))
+    assert (hard_only.local_batch_size, hard_only.grad_cache) == (32, False) and "exact" in hard_only.reason
 
 
 def small_passes(model: Path) -> EncoderConfig:
@@ -358,15 +364,15 @@ def test_grad_cache_matches_the_full_batch(tiny_model_dir: Path, data_dir: Path,
     runs = {}
     for name, overrides in {
         "full": {},
-        "grad_cache": {"micro_batch_size": 3},
-        "accumulated": {"micro_batch_size": 3, "grad_cache": False},
+        "grad_cache": {"local_batch_size": 3},
+        "accumulated": {"local_batch_size": 3, "grad_cache": False},
     }.items():
         config = fast_config(num_epochs=2, bf16=False, **overrides)
         result = finetune(data_dir / "train.jsonl", None, small_passes(model), config, tmp_path / name)
         weights = {k: v.clone() for k, v in Encoder(enc_config(result.out_dir)).model.state_dict().items()}
         runs[name] = ([s.loss for s in result.history.steps], weights, result)
     (full, full_w, full_r), (cached, cached_w, cached_r) = runs["full"], runs["grad_cache"]
-    assert not full_r.grad_cache and cached_r.grad_cache and cached_r.micro_batch_size == 3
+    assert not full_r.grad_cache and cached_r.grad_cache and cached_r.local_batch_size == 3
     assert cached == pytest.approx(full, rel=1e-5)
     # Updates are ~1e-2 per weight; the two differ by float rounding (~1e-7), except the attention key biases, whose
     # true gradient is 0 (softmax ignores them): Adam turns their rounding noise into ~1e-6 steps in both runs.
@@ -381,9 +387,10 @@ def test_grad_cache_step_is_the_one_pass_step_with_dropout(tiny_model_dir: Path,
     encoder = Encoder(small_passes(tiny_model_dir), device="cpu")
     encoder.model.train()  # dropout on
     rows = make_rows(WORDS[:8])
-    batch = make_batch(rows, 5, training._positives_by_query(rows), in_batch=True)
+    batch = make_batch(rows, 5, training.positives_by_query(rows), in_batch=True)
     config = fast_config()
-    chunks = grad_cache_chunks(encoder, batch, n_chunks=3)
+    chunks = grad_cache_chunks(encoder, batch.queries, batch.passages, n_chunks=3)
+    objective = Objective.from_config(config, encoder.dimension, normalize=True)
     passages = [texts for kind, texts in chunks if kind == "passage"]
     assert len(passages) == 3 and sum(map(len, passages)) == len(set(batch.passages)) < len(batch.passages)
 
@@ -393,12 +400,12 @@ def test_grad_cache_step_is_the_one_pass_step_with_dropout(tiny_model_dir: Path,
         return grads
 
     torch.manual_seed(7)
-    one_pass_loss = training.batch_loss(encoder, batch, config.temperature, nullcontext)
+    one_pass_loss = training.batch_loss(encoder, batch, objective, nullcontext)
     one_pass_loss.backward()
     one_pass, rng_after = gradients(), torch.get_rng_state()
 
     torch.manual_seed(7)
-    loss = grad_cache_backward(encoder, batch, 3, config, "test")
+    loss = share_backward(encoder, batch, objective, Dist(), config, "test", n_chunks=3)
     cached = gradients()
     assert loss == pytest.approx(one_pass_loss.item(), rel=1e-6)
     assert torch.equal(torch.get_rng_state(), rng_after)  # the next step draws what it would have drawn
@@ -407,23 +414,23 @@ def test_grad_cache_step_is_the_one_pass_step_with_dropout(tiny_model_dir: Path,
         torch.testing.assert_close(cached[name], g, rtol=1e-4, atol=1e-7, msg=name)
 
     # Without replaying the RNG state the second forwards draw other dropout masks: the gradient is wrong.
-    monkeypatch.setattr(training, "_set_rng_state", lambda state, device: None)
+    monkeypatch.setattr(training_grad_cache, "set_rng_state", lambda state, device: None)
     torch.manual_seed(7)
-    grad_cache_backward(encoder, batch, 3, config, "test")
+    share_backward(encoder, batch, objective, Dist(), config, "test", n_chunks=3)
     wrong = gradients()
     assert not all(torch.allclose(wrong[n], g, rtol=1e-4, atol=1e-7) for n, g in one_pass.items())
 
 
-def test_micro_batch_choice_is_logged(tiny_model_dir: Path, data_dir: Path, tmp_path: Path, caplog) -> None:
+def test_local_batch_choice_is_logged(tiny_model_dir: Path, data_dir: Path, tmp_path: Path, caplog) -> None:
     logger = logging.getLogger("test_training.micro")
-    config = fast_config(num_epochs=1, micro_batch_size=4)
+    config = fast_config(num_epochs=1, local_batch_size=4)
     with caplog.at_level(logging.INFO, logger=logger.name):
         result = finetune(data_dir / "train.jsonl", None, enc_config(tiny_model_dir), config, tmp_path, logger)
-    assert result.grad_cache and result.history.micro_batch_size == 4
+    assert result.grad_cache and result.history.local_batch_size == 4
     assert any("Micro-batch 4, GradCache on" in r.message for r in caplog.records)
     card = (tmp_path / "README.md").read_text()
     assert "| GradCache (exact in-batch negatives over micro-batches) | yes |" in card
-    assert "GradCache in about 2 chunks of 4 rows' share of the batch's tokens" in card
+    assert "GradCache in about 2 chunks of 4 rows' share of the tokens" in card
 
 
 # --------------------------------------------------------------------------------------------------- validation
@@ -433,11 +440,11 @@ def scripted_validation(monkeypatch, values: list[float]) -> list[torch.Tensor]:
     """Replace evaluate_loss by ``values`` in order; returns the weights each call saw."""
     scripted, seen = iter(values), []
 
-    def scripted_eval(encoder, rows, config, batch_size, autocast=None):
+    def scripted_eval(encoder, rows, config, batch_size, *args):
         seen.append(encoder.model.embeddings.word_embeddings.weight.detach().cpu().clone())
         return next(scripted)
 
-    monkeypatch.setattr(training, "evaluate_loss", scripted_eval)
+    monkeypatch.setattr(training_loop, "evaluate_loss", scripted_eval)
     return seen
 
 

@@ -10,7 +10,6 @@ import pytest
 import torch
 
 from embed_pipeline.core.encoder import Encoder
-from embed_pipeline.stages import training
 from embed_pipeline.stages.training import (
     FINGERPRINT_FILE,
     STATE_FILE,
@@ -20,6 +19,7 @@ from embed_pipeline.stages.training import (
     run_fingerprint,
     train_state_dir,
 )
+from embed_pipeline.stages.training import loop as training_loop
 from embed_pipeline_tests.test_training import data_dir, enc_config, fast_config, one_torch_thread  # noqa: F401
 
 
@@ -29,7 +29,7 @@ class Killed(Exception):
 
 def kill_during_step(monkeypatch: pytest.MonkeyPatch, k: int) -> None:
     """Make the k-th optimizer step of the next run die after its update, before the loop records it."""
-    real, calls = training.train_step, {"n": 0}
+    real, calls = training_loop.train_step, {"n": 0}
 
     def step(*args, **kwargs):
         loss = real(*args, **kwargs)
@@ -38,13 +38,13 @@ def kill_during_step(monkeypatch: pytest.MonkeyPatch, k: int) -> None:
             raise Killed(f"killed in step {k}")
         return loss
 
-    monkeypatch.setattr(training, "train_step", step)
+    monkeypatch.setattr(training_loop, "train_step", step)
 
 
 def config(**overrides):
     # Dropout on (the tiny model's default 0.1), in-batch negatives through GradCache (micro-batches of 3 rows),
     # validation every 2 steps and at epoch ends: every piece of state a resume has to restore is in play.
-    return fast_config(num_epochs=2, micro_batch_size=3, eval_steps=2, **overrides)
+    return fast_config(num_epochs=2, local_batch_size=3, eval_steps=2, **overrides)
 
 
 def weights(result: TrainResult) -> dict[str, torch.Tensor]:

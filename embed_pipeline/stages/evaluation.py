@@ -233,17 +233,26 @@ def search(
 # --------------------------------------------------------------------------------------------- evaluation
 
 
+def truncate_dims(emb: np.ndarray, dim: int) -> np.ndarray:
+    """The first ``dim`` coordinates, L2-normalised again: how a Matryoshka model is used at ``dim``."""
+    cut = np.ascontiguousarray(emb[:, :dim], dtype=np.float32)
+    return cut / np.maximum(np.linalg.norm(cut, axis=1, keepdims=True), 1e-12)
+
+
 def evaluate_encoder(
     encoder: Encoder,
     data: BeirData,
     k_values: list[int],
     logger: logging.Logger | None = None,
     batch_size: int | None = None,
+    dimensions: list[int] | None = None,
 ) -> dict[str, float]:
     """Encode queries ("query" kind) and corpus ("passage" kind), search, and score with :func:`compute_metrics`.
 
     Searches ``max(k_values) + 1`` deep (as BEIR's dense search does) so a document dropped for sharing its
     query's id still leaves ``max(k_values)`` results; the metrics are cut at k, so the extra one is harmless.
+    With ``dimensions``, the metrics of the embeddings truncated to each of those leading dimensions (Matryoshka)
+    are added as ``dim_{d}/<metric>`` keys, from the same encoding.
     """
     log = logger or _log
     ks = _check_k_values(k_values)
@@ -255,6 +264,11 @@ def evaluate_encoder(
     t2 = time.perf_counter()
     results = search(q_emb, c_emb, qids, cids, top_k=max(ks) + 1)
     metrics = compute_metrics(data.qrels, results, ks)
+    for dim in sorted(set(dimensions or []), reverse=True):
+        if dim >= q_emb.shape[1]:
+            continue  # the full dimension is the main metric set
+        cut = search(truncate_dims(q_emb, dim), truncate_dims(c_emb, dim), qids, cids, top_k=max(ks) + 1)
+        metrics |= {f"dim_{dim}/{key}": value for key, value in compute_metrics(data.qrels, cut, ks).items()}
     t3 = time.perf_counter()
     headline = 10 if 10 in ks else ks[-1]
     log.info(
@@ -262,6 +276,40 @@ def evaluate_encoder(
         f"corpus {t2 - t1:.1f}s, search+score {t3 - t2:.1f}s; nDCG@{headline} {metrics[f'ndcg_at_{headline}']:.4f}"
     )
     return metrics
+
+
+def split_dimensions(metrics: dict[str, float]) -> tuple[dict[str, float], dict[int, dict[str, float]]]:
+    """Full-dimension metrics, and the ``dim_{d}/`` ones per dimension d."""
+    full: dict[str, float] = {}
+    by_dim: dict[int, dict[str, float]] = {}
+    for key, value in metrics.items():
+        if key.startswith("dim_"):
+            dim, name = key[4:].split("/", 1)
+            by_dim.setdefault(int(dim), {})[name] = value
+        else:
+            full[key] = value
+    return full, by_dim
+
+
+def dimension_table(
+    base: dict[int, dict[str, float]], finetuned: dict[int, dict[str, float]], full: tuple[int, dict, dict]
+) -> str:
+    """Markdown: nDCG@10 and Recall@10 of base and fine-tuned at each dimension (Matryoshka), full first."""
+    full_dim, full_base, full_ft = full
+    rows = [(full_dim, full_base, full_ft)] + [
+        (d, base.get(d, {}), finetuned[d]) for d in sorted(finetuned, reverse=True)
+    ]
+    lines = [
+        "| dimension | base nDCG@10 | fine-tuned nDCG@10 | Δ | base Recall@10 | fine-tuned Recall@10 |",
+        "|---|---|---|---|---|---|",
+    ]
+    for dim, b, f in rows:
+        bn, fn = b.get("ndcg_at_10", float("nan")), f.get("ndcg_at_10", float("nan"))
+        lines.append(
+            f"| {dim} | {bn:.4f} | {fn:.4f} | {fn - bn:+.4f} | {b.get('recall_at_10', float('nan')):.4f} | "
+            f"{f.get('recall_at_10', float('nan')):.4f} |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 def comparison_table(base: dict[str, float], finetuned: dict[str, float], k_values: list[int]) -> str:
@@ -289,6 +337,11 @@ class RetrievalMetricsConfig(BaseModel):
 
     k_values: list[int] = Field([1, 5, 10, 100], description="Cut-offs k for nDCG@k, Recall@k, Precision@k, MAP@k.")
     batch_size: int = Field(64, ge=1, description="Texts per forward pass when encoding queries and passages.")
+    dimensions: list[int] | None = Field(
+        None,
+        description="Also score embeddings truncated to these leading dimensions (Matryoshka). None: the "
+        "fine-tuned model's trained matryoshka_dims (from its training_history.json), if any.",
+    )
 
     @field_validator("k_values")
     @classmethod
@@ -306,17 +359,37 @@ class RetrievalMetricsResult(BaseModel):
     num_corpus: int
     k_values: list[int]
     seconds: dict[str, float] = Field(description="Wall time per model (load + encode + search + score).")
+    by_dimension: dict[str, dict[int, dict[str, float]]] = Field(
+        default_factory=dict, description="Per model, metrics at each truncated dimension (Matryoshka)."
+    )
+    dimension_table: str | None = Field(None, description="Markdown table of the per-dimension metrics.")
     metrics_path: Path
     table_path: Path
 
 
+def trained_dimensions(model_dir: str | Path) -> list[int]:
+    """The Matryoshka dimensions a fine-tuned folder was trained at (its training_history.json); [] if none."""
+    path = Path(model_dir) / "training_history.json"
+    try:
+        return list(json.loads(path.read_text(encoding="utf-8")).get("matryoshka_dims") or [])
+    except (OSError, ValueError):
+        return []
+
+
 def _evaluate_model(
-    config: EncoderConfig, data: BeirData, k_values: list[int], batch_size: int, log: logging.Logger
-) -> tuple[dict[str, float], float]:
+    config: EncoderConfig,
+    data: BeirData,
+    k_values: list[int],
+    batch_size: int,
+    log: logging.Logger,
+    dimensions: list[int] | None = None,
+) -> tuple[dict[str, float], float, int]:
+    """Metrics, seconds and embedding dimension of one model; its memory is released before returning."""
     start = time.perf_counter()
     encoder = Encoder(config)
+    dimension = encoder.dimension
     try:
-        metrics = evaluate_encoder(encoder, data, k_values, log, batch_size=batch_size)
+        metrics = evaluate_encoder(encoder, data, k_values, log, batch_size=batch_size, dimensions=dimensions)
     finally:
         del encoder
         gc.collect()
@@ -327,7 +400,7 @@ def _evaluate_model(
                 torch.cuda.empty_cache()
         except ImportError:  # pragma: no cover - torch is a dependency of the encoder
             pass
-    return metrics, time.perf_counter() - start
+    return metrics, time.perf_counter() - start, dimension
 
 
 def run_retrieval_metrics(
@@ -343,13 +416,23 @@ def run_retrieval_metrics(
     data = load_beir(Path(eval_dir))
     ks = config.k_values
     log.info(f"retrieval metrics: {len(data.queries)} queries, {len(data.corpus)} passages, k={ks}")
+    dims = config.dimensions if config.dimensions is not None else trained_dimensions(finetuned.model)
+    if dims:
+        log.info(f"also scoring truncated embeddings at dimensions {sorted(dims, reverse=True)} (Matryoshka)")
     seconds: dict[str, float] = {}
     metrics: dict[str, dict[str, float]] = {}
+    by_dim: dict[str, dict[int, dict[str, float]]] = {}
     for role, enc_config in (("base", base), ("finetuned", finetuned)):
         log.info(f"evaluating {role} encoder {enc_config.model!r}")
-        metrics[role], seconds[role] = _evaluate_model(enc_config, data, ks, config.batch_size, log)
+        scores, seconds[role], dimension = _evaluate_model(enc_config, data, ks, config.batch_size, log, dims)
+        metrics[role], by_dim[role] = split_dimensions(scores)
         log.info(f"{role} encoder done in {seconds[role]:.1f}s")
     table = comparison_table(metrics["base"], metrics["finetuned"], ks)
+    dim_table = None
+    if by_dim["finetuned"]:
+        dim_table = dimension_table(
+            by_dim["base"], by_dim["finetuned"], (dimension, metrics["base"], metrics["finetuned"])
+        )
     out_dir = Path(out_dir)
     metrics_path = write_json(
         out_dir / "metrics.json",
@@ -361,9 +444,10 @@ def run_retrieval_metrics(
             "k_values": ks,
             "seconds": seconds,
             "models": {"base": base.model, "finetuned": finetuned.model},
+            "by_dimension": by_dim,
         },
     )
-    table_path = write_text(out_dir / "table.md", table)
+    table_path = write_text(out_dir / "table.md", table + (f"\n{dim_table}" if dim_table else ""))
     return RetrievalMetricsResult(
         base=metrics["base"],
         finetuned=metrics["finetuned"],
@@ -372,6 +456,8 @@ def run_retrieval_metrics(
         num_corpus=len(data.corpus),
         k_values=ks,
         seconds=seconds,
+        by_dimension=by_dim,
+        dimension_table=dim_table,
         metrics_path=metrics_path,
         table_path=table_path,
     )
@@ -392,6 +478,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="Output folder for metrics.json and table.md.")
     parser.add_argument("--k-values", type=int, nargs="+", default=[1, 5, 10, 100], help="Cut-offs k.")
     parser.add_argument("--batch-size", type=int, default=64, help="Texts per forward pass.")
+    parser.add_argument("--dimensions", type=int, nargs="+", default=None, help="Also score these Matryoshka dims.")
     parser.add_argument("--pooling", default="mean", choices=["mean", "cls", "last_token"], help="Token pooling.")
     parser.add_argument("--query-prefix", default="query: ", help="Prepended to every query.")
     parser.add_argument("--passage-prefix", default="passage: ", help="Prepended to every passage.")
@@ -414,7 +501,7 @@ def main(argv: list[str] | None = None) -> int:
         args.eval_dir,
         enc(args.base),
         enc(args.finetuned),
-        RetrievalMetricsConfig(k_values=args.k_values, batch_size=args.batch_size),
+        RetrievalMetricsConfig(k_values=args.k_values, batch_size=args.batch_size, dimensions=args.dimensions),
         args.out,
     )
     print(result.table, end="")

@@ -114,7 +114,7 @@ def render_model_card(history: dict, metrics_markdown: str | None = None, title:
     validation = ["every epoch"] if cfg.get("eval_every_epoch", True) else []
     if cfg.get("eval_steps"):
         validation.append(f"every {cfg['eval_steps']} steps")
-    micro = history.get("micro_batch_size") or cfg.get("micro_batch_size") or "whole batch"
+    micro = history.get("local_batch_size") or cfg.get("local_batch_size") or "whole batch"
     hyper = {
         "epochs": cfg["num_epochs"],
         "learning rate (peak)": cfg["learning_rate"],
@@ -124,7 +124,9 @@ def render_model_card(history: dict, metrics_markdown: str | None = None, title:
         "temperature": cfg["temperature"],
         "passages per query (1 positive + hard negatives)": cfg["train_n_passages"],
         "global batch size (configured)": cfg["global_batch_size"],
-        "micro batch size": micro,
+        "local batch size (rows per forward/backward pass)": micro,
+        "data-parallel processes": history.get("world_size", 1),
+        "Matryoshka dimensions": ", ".join(map(str, history.get("matryoshka_dims") or [])) or "off",
         "GradCache (exact in-batch negatives over micro-batches)": "yes" if history.get("grad_cache") else "no",
         "max grad norm": cfg["max_grad_norm"],
         "seed": cfg["seed"],
@@ -169,7 +171,7 @@ def render_model_card(history: dict, metrics_markdown: str | None = None, title:
         data_rows="\n".join([_data_row("train", history["train_data"]), _data_row("val", history.get("val_data"))]),
         hyper_rows="\n".join(f"| {k} | {v} |" for k, v in hyper.items()),
         batch_size_line=f"**{history['batch_size']}** ({history['batch_size_reason']}).",
-        micro_batch_line=f"{history.get('micro_batch_reason') or f'{micro} rows per forward/backward pass'}.",
+        micro_batch_line=f"{history.get('local_batch_reason') or f'{micro} rows per forward/backward pass'}.",
         negatives_line=negatives,
         lr_decay=cfg.get("lr_decay", "cosine"),
         resumed_line=resumed_line,

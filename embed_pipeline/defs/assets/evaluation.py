@@ -22,7 +22,7 @@ class RetrievalMetricsRunConfig(run_config_for(RetrievalMetricsConfig, "_Retriev
 
 @dg.asset(
     partitions_def=corpus_partitions,
-    code_version="1",
+    code_version="2",
     group_name="evaluation",
     deps=[eval_set, finetuned_model],
     kinds={"python", "faiss"},
@@ -45,17 +45,29 @@ def retrieval_metrics(
     result = run_retrieval_metrics(
         eval_dir, base_encoder.config(), base_encoder.config(str(model_dir)), stage_config, out, logger=context.log
     )
-    write_model_card(model_dir, metrics_markdown=result.table)
+    card_metrics = result.table + (
+        f"\nBy embedding dimension (Matryoshka):\n\n{result.dimension_table}" if result.dimension_table else ""
+    )
+    write_model_card(model_dir, metrics_markdown=card_metrics)
     numbers = {
         f"{who}_{key}": value
         for who, scores in (("base", result.base), ("finetuned", result.finetuned))
         for key, value in scores.items()
     }
+    for who, dims in result.by_dimension.items():
+        for dim, scores in dims.items():
+            numbers |= {
+                f"{who}_dim_{dim}_{key}": scores[key] for key in ("ndcg_at_10", "recall_at_10") if key in scores
+            }
     base10, ft10 = result.base.get("ndcg_at_10", 0.0), result.finetuned.get("ndcg_at_10", 0.0)
+    by_dimension = (
+        {"metrics_by_dimension": dg.MetadataValue.md(result.dimension_table)} if result.dimension_table else {}
+    )
     yield dg.MaterializeResult(
         metadata={
             "metrics_table": dg.MetadataValue.md(result.table),
             "base_vs_finetuned": metrics_bars(result.base, result.finetuned, result.k_values),
+            **by_dimension,
             **{k: dg.MetadataValue.float(float(v)) for k, v in numbers.items()},
             "ndcg_at_10_delta": dg.MetadataValue.float(float(ft10 - base10)),
             "num_queries": result.num_queries,

@@ -8,14 +8,14 @@ from embed_pipeline.defs.metadata import path_value, upstream_file
 from embed_pipeline.defs.partitions import corpus_partitions
 from embed_pipeline.defs.plots import training_curves
 from embed_pipeline.defs.resources import BaseEncoder, PipelineStorage
-from embed_pipeline.stages.training import TrainingConfig, finetune
+from embed_pipeline.stages.training import TrainingConfig, run_finetune
 
 TrainingRunConfig = run_config_for(TrainingConfig, "TrainingRunConfig")
 
 
 @dg.asset(
     partitions_def=corpus_partitions,
-    code_version="1",
+    code_version="2",
     group_name="training",
     deps=[training_examples],
     kinds={"pytorch"},
@@ -32,7 +32,7 @@ def finetuned_model(
     train_path = upstream_file(data, "train.jsonl", "training_examples")
     val_path = data / "val.jsonl"
     out = storage.asset_dir(corpus, "finetuned_model")
-    result = finetune(
+    result = run_finetune(
         train_path,
         val_path if val_path.exists() else None,
         base_encoder.config(),
@@ -60,8 +60,10 @@ def finetuned_model(
             "batch_size": result.batch_size,
             "batch_size_reason": history.batch_size_reason,
             "steps": result.steps,
-            "micro_batch_size": result.micro_batch_size or result.batch_size,
+            "local_batch_size": result.local_batch_size or result.batch_size,
             "grad_cache": result.grad_cache,
+            "processes": history.world_size,
+            "matryoshka_dims": dg.MetadataValue.text(", ".join(map(str, history.matryoshka_dims or [])) or "off"),
             "best_epoch": result.best_epoch,
             "best_step": result.best_step if result.best_step is not None else -1,
             "stopped_early": result.stopped_early,

@@ -1,0 +1,247 @@
+"""What a fine-tune is configured with (``TrainingConfig``) and records (``TrainingHistory``, ``TrainResult``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, Field, field_validator, model_validator
+
+from embed_pipeline.core.encoder import EncoderConfig
+from embed_pipeline.core.records import TrainingExample
+
+
+class TrainingConfig(BaseModel):
+    """Hyperparameters of the contrastive fine-tune (defaults from the reference recipe, DESIGN.md)."""
+
+    temperature: float = Field(0.02, gt=0, description="Softmax temperature: scores are q·p / temperature.")
+    # Recipe default 1e-5 (tuned for a 1B model); 3e-5 won for the embedded MiniLM default in
+    # benchmarks/training_sweep.py (benchmarks/RESULTS.md). Lower it for large models.
+    learning_rate: float = Field(
+        3e-5, gt=0, description="Peak AdamW learning rate (after warmup); ~1e-5 suits 1B-parameter models."
+    )
+    warmup_steps: int = Field(5, ge=0, description="Optimizer steps of linear warmup before the decay to 0.")
+    warmup_ratio: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="Warmup as a fraction of all optimizer steps (rounded up); overrides warmup_steps when set.",
+    )
+    lr_decay: Literal["cosine", "linear"] = Field(
+        "cosine", description="Learning-rate decay after warmup, down to 0 at the last step: cosine or linear."
+    )
+    weight_decay: float = Field(
+        0.01, ge=0, description="AdamW weight decay; not applied to biases and norm weights (1-D parameters)."
+    )
+    num_epochs: int = Field(3, ge=1, description="Passes over the training rows.")
+    global_batch_size: int = Field(
+        128,
+        ge=1,
+        description="Rows per optimizer step, over all processes; lowered automatically for small data "
+        "(min_steps_per_epoch).",
+    )
+    local_batch_size: int | None = Field(
+        None,
+        ge=1,
+        description="Rows per forward/backward pass on each process; global_batch_size is reached by GradCache or "
+        "gradient accumulation over these (and across torchrun processes). None: each process's whole share of the "
+        "batch in one pass (fastest). Set it (e.g. 32) to bound memory: with grad_cache the gradient stays exactly "
+        "the one-pass batch's. Measured on MiniLM, 128 rows: CPU peak RSS 10.0 GB -> 5.0 GB at 32 rows, step time "
+        "7.1 s -> 11.3 s.",
+    )
+    grad_cache: bool = Field(
+        True,
+        description="With in-batch negatives and micro-batches, compute the one-pass batch's exact gradient with one "
+        "micro-batch's activation memory (GradCache: embed without a graph, loss on the cached embeddings, embed "
+        "again with the cached gradient; about one extra forward pass). False: plain gradient accumulation, with "
+        "in-batch negatives from each micro-batch only.",
+    )
+    train_n_passages: int = Field(
+        5,
+        ge=1,
+        description="Passages per query: 1 positive + (n-1) hard negatives; rows with fewer use what they have.",
+    )
+    # In-batch + hard negatives beat hard negatives only in benchmarks/training_sweep.py (benchmarks/RESULTS.md).
+    in_batch_negatives: bool = Field(
+        True,
+        description="Also score each query against the other rows' passages of its batch (identical passages and "
+        "the query's own positives are never negatives). False: its hard negatives only.",
+    )
+    max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping: maximum global L2 norm.")
+    seed: int = Field(42, description="Seed for shuffling, dropout and any freshly initialised weights.")
+    min_steps_per_epoch: int = Field(
+        8,
+        ge=1,
+        description="If global_batch_size gives fewer steps per epoch than this, the batch is lowered to the "
+        "largest power of two >= 8 that gives at least this many (8, or the data size if smaller, when none does).",
+    )
+    eval_every_epoch: bool = Field(
+        True,
+        description="Validate after every epoch and keep the best checkpoint by val loss. With this off and no "
+        "eval_steps: validate once after the last step and keep the last.",
+    )
+    eval_steps: int | None = Field(
+        None,
+        ge=1,
+        description="Also validate every this many optimizer steps (best checkpoint by val loss). None: epoch ends "
+        "only (eval_every_epoch).",
+    )
+    early_stopping_patience: int | None = Field(
+        None,
+        ge=1,
+        description="Stop after this many validations in a row without a lower val loss (the best checkpoint is "
+        "kept). None: never stop early.",
+    )
+    checkpoint_steps: int | None = Field(
+        50,
+        ge=1,
+        description="Write the resumable training state (<out_dir>.train_state/) every this many optimizer steps, "
+        "so a killed run continues where it stopped. None: never (a killed run starts over).",
+    )
+    bf16: bool = Field(True, description="On CUDA, run forward passes under bfloat16 autocast (weights stay fp32).")
+    gradient_checkpointing: bool = Field(False, description="Trade compute for memory (large models on one GPU).")
+    matryoshka_dims: list[int] | None = Field(
+        None,
+        description="Matryoshka training: also train the first d dimensions of each embedding to work on their own, "
+        "for each d in this list (e.g. [384, 256, 128, 64]); the full dimension is always included. The loss is the "
+        "weighted mean of the InfoNCE loss at each dimension. None: full dimension only.",
+    )
+    matryoshka_weights: list[float] | None = Field(
+        None, description="Weight of each matryoshka_dims entry in the loss (same order). None: equal weights."
+    )
+    num_processes: int = Field(
+        1,
+        ge=1,
+        description="Data-parallel training processes on this machine (one per GPU), started through torchrun; each "
+        "step's batch is split among them and the gradients summed, so the steps are those of one process. 1: train "
+        "in this process.",
+    )
+    log_every_s: float = Field(5.0, gt=0, description="Seconds between progress log lines.")
+
+    @field_validator("matryoshka_dims")
+    @classmethod
+    def _dims_positive_and_distinct(cls, dims: list[int] | None) -> list[int] | None:
+        if dims is None:
+            return None
+        if not dims or any(d < 1 for d in dims) or len(set(dims)) != len(dims):
+            raise ValueError(f"matryoshka_dims must be distinct positive integers, got {dims}.")
+        return dims
+
+    @model_validator(mode="after")
+    def _weights_match_dims(self) -> TrainingConfig:
+        if self.matryoshka_weights is not None:
+            if self.matryoshka_dims is None or len(self.matryoshka_weights) != len(self.matryoshka_dims):
+                raise ValueError(
+                    f"matryoshka_weights ({self.matryoshka_weights}) needs one weight per matryoshka_dims entry "
+                    f"({self.matryoshka_dims})."
+                )
+            if any(w < 0 for w in self.matryoshka_weights) or sum(self.matryoshka_weights) <= 0:
+                raise ValueError(f"matryoshka_weights must be >= 0 with a positive sum, got {self.matryoshka_weights}.")
+        return self
+
+
+class DataStats(BaseModel):
+    """What the model card says about a split."""
+
+    rows: int
+    unique_queries: int
+    unique_positives: int
+    negatives_min: int
+    negatives_mean: float
+    negatives_max: int
+    rows_short_of_negatives: int = Field(description="Rows with fewer negatives than train_n_passages - 1.")
+
+
+class StepLog(BaseModel):
+    step: int = Field(description="Optimizer step, from 1.")
+    epoch: int = Field(description="Epoch, from 1.")
+    loss: float
+    lr: float
+
+
+class EvalLog(BaseModel):
+    step: int = Field(description="Optimizer steps done when validated.")
+    epoch: int
+    val_loss: float
+    saved: bool = Field(description="Whether these weights were written to the output folder (new best).")
+
+
+class EpochLog(BaseModel):
+    epoch: int
+    train_loss: float = Field(description="Mean training loss over the epoch's rows (those trained, if cut short).")
+    val_loss: float | None = Field(description="Validation loss at the epoch's end (None: not measured).")
+    seconds: float
+    saved: bool = Field(description="Whether this epoch's end weights were written to the output folder.")
+    complete: bool = Field(True, description="False when early stopping ended the epoch before its last batch.")
+
+
+class TrainingHistory(BaseModel):
+    """Everything the run decided and measured; saved as ``training_history.json`` and rendered in the card."""
+
+    base_model: str
+    encoder_config: EncoderConfig
+    training_config: TrainingConfig
+    train_data: DataStats
+    val_data: DataStats | None
+    device: str
+    world_size: int = Field(1, description="Data-parallel processes (torchrun); each step's batch is split among them.")
+    matryoshka_dims: list[int] | None = Field(None, description="Dimensions trained (Matryoshka), full included.")
+    batch_size: int
+    batch_size_reason: str
+    local_batch_size: int | None = Field(None, description="Rows per forward/backward pass used.")
+    grad_cache: bool = Field(False, description="Whether GradCache computed the steps' gradients.")
+    local_batch_reason: str = ""
+    steps_per_epoch: int
+    total_steps: int
+    warmup_steps: int | None = Field(None, description="Warmup steps used (warmup_ratio resolved).")
+    initial_val_loss: float | None = Field(None, description="Val loss of the base model, before any step.")
+    best_epoch: int | None = None
+    best_step: int | None = None
+    best_val_loss: float | None = None
+    selection: str = Field("", description="How the saved checkpoint was chosen.")
+    stopped_early: bool = False
+    stop_reason: str | None = None
+    resumed_from_steps: list[int] = Field(default_factory=list, description="Steps this run was resumed from.")
+    seconds: float = 0.0
+    examples_per_s: float = Field(0.0, description="Training rows per second over the optimizer steps only.")
+    steps: list[StepLog] = Field(default_factory=list)
+    evals: list[EvalLog] = Field(default_factory=list)
+    epochs: list[EpochLog] = Field(default_factory=list)
+
+
+class TrainResult(BaseModel):
+    """Summary of a fine-tune; the full record is ``history`` (also in ``out_dir/training_history.json``)."""
+
+    out_dir: Path
+    num_train_rows: int
+    num_val_rows: int
+    batch_size: int
+    steps: int
+    best_epoch: int
+    best_val_loss: float | None
+    final_train_loss: float
+    history: TrainingHistory
+    seconds: float
+    examples_per_s: float
+    best_step: int | None = None
+    local_batch_size: int | None = None
+    grad_cache: bool = False
+    stopped_early: bool = False
+    resumed_from_step: int | None = Field(None, description="The step a saved training state was resumed from.")
+
+
+# --------------------------------------------------------------------------------------------------- data
+
+
+def data_stats(rows: list[TrainingExample], n_passages: int) -> DataStats:
+    negs = [len(r.negatives) for r in rows] or [0]
+    return DataStats(
+        rows=len(rows),
+        unique_queries=len({r.query_id for r in rows}),
+        unique_positives=len({r.positive_id for r in rows}),
+        negatives_min=min(negs),
+        negatives_mean=round(float(np.mean(negs)), 3),
+        negatives_max=max(negs),
+        rows_short_of_negatives=sum(1 for r in rows if len(r.negatives) < n_passages - 1),
+    )

@@ -1,0 +1,81 @@
+"""Data-parallel training through torchrun (gloo, 2 CPU processes) takes the steps one process takes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from embed_pipeline.core.encoder import Encoder
+from embed_pipeline.stages.training import TrainResult, finetune, finetune_torchrun, shard_bounds
+from embed_pipeline.stages.training.distributed import Dist
+from embed_pipeline.stages.training.launch import torchrun_command
+from embed_pipeline_tests.test_training import (  # noqa: F401
+    data_dir,
+    enc_config,
+    fast_config,
+    one_torch_thread,
+    without_dropout,
+)
+
+
+def weights(result: TrainResult) -> dict[str, torch.Tensor]:
+    return Encoder(enc_config(result.out_dir), device="cpu").model.state_dict()
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {},  # in-batch + hard negatives, each process's share in one pass
+        {"local_batch_size": 2, "matryoshka_dims": [16, 8]},  # GradCache chunks inside each process; Matryoshka
+    ],
+    ids=["one-pass", "grad-cache-matryoshka"],
+)
+def test_two_processes_match_one(
+    tiny_model_dir: Path,
+    data_dir: Path,  # noqa: F811
+    tmp_path: Path,
+    overrides: dict,
+) -> None:
+    # Without dropout the two runs differ only by float rounding (each process draws its own dropout masks).
+    model = without_dropout(tiny_model_dir, tmp_path / "base")
+    config = fast_config(num_epochs=2, eval_steps=2, checkpoint_steps=2, **overrides)
+    train, val = data_dir / "train.jsonl", data_dir / "val.jsonl"
+    single = finetune(train, val, enc_config(model), config, tmp_path / "single")
+    one_thread = {"OMP_NUM_THREADS": "1"}
+    double = finetune_torchrun(2, train, val, enc_config(model), config, tmp_path / "double", env=one_thread)
+
+    assert double.history.world_size == 2 and single.history.world_size == 1
+    assert double.steps == single.steps and double.batch_size == single.batch_size == 8
+    assert [s.loss for s in double.history.steps] == pytest.approx([s.loss for s in single.history.steps], rel=1e-4)
+    assert double.best_val_loss == pytest.approx(single.best_val_loss, rel=1e-4)
+    assert double.best_step == single.best_step
+    ours, theirs = weights(double), weights(single)
+    for name, w in theirs.items():
+        torch.testing.assert_close(ours[name], w, rtol=1e-4, atol=1e-5, msg=name)
+    assert not (tmp_path / "double.train_state").exists()  # finished: the state folder is gone
+
+
+def test_torchrun_failure_reports_the_processes_output(
+    tiny_model_dir: Path,
+    data_dir: Path,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    bad = enc_config(tmp_path / "no_such_model")
+    with pytest.raises(RuntimeError, match=r"torchrun with 2 processes failed.*(?s:.*)no_such_model"):
+        finetune_torchrun(2, data_dir / "train.jsonl", None, bad, fast_config(num_epochs=1), tmp_path / "out")
+
+
+def test_torchrun_command_and_shards(tmp_path: Path) -> None:
+    cmd = torchrun_command(4, tmp_path / "c.json", tmp_path / "t.jsonl", None, tmp_path / "o", tmp_path / "r", False)
+    assert cmd[1:4] == ["-m", "torch.distributed.run", "--standalone"]
+    assert cmd[cmd.index("--nproc_per_node") + 1] == "4" and "--no-resume" in cmd and "--val" not in cmd
+    assert shard_bounds(10, 3) == [(0, 4), (4, 7), (7, 10)]
+    assert shard_bounds(1, 2) == [(0, 1), (1, 1)]  # a short last batch leaves a process an empty share
+
+
+def test_single_process_dist_is_the_identity() -> None:
+    d = Dist()
+    x = torch.randn(3, 4, requires_grad=True)
+    assert d.gather_rows(x, [3]) is x and d.sum(2.5, torch.device("cpu")) == 2.5 and d.gather_objects(1) == [1]
