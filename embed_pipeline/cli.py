@@ -4,7 +4,11 @@ embed-pipeline corpus add NAME [--from PATH] [--link]   copy (or link) a folder 
 embed-pipeline corpus list                              corpora on disk and partitions in the instance
 embed-pipeline corpus remove NAME                       unregister the partition (files are kept)
 embed-pipeline demo-corpus [--name stdlib_docs]         build the demo corpus from stdlib docstrings
-embed-pipeline report NAME                              base vs fine-tuned table of a corpus
+embed-pipeline report NAME                              base vs fine-tuned table of a corpus (and its service)
+embed-pipeline service status|stop NAME                 the corpus's deployed embedding service
+embed-pipeline serve --model PATH [--port 8000]         serve a model or ONNX export at /v1/embeddings
+embed-pipeline serve --model PATH [--port 8000]         serve a model at /v1/embeddings (OpenAI + NIM API);
+                                                        API key from EMBED_SERVE_API_KEY
 """
 
 from __future__ import annotations
@@ -127,8 +131,37 @@ def report(name: str) -> str:
     if not table.exists():
         raise CliError(f"{table} does not exist: materialize retrieval_metrics for corpus {name!r} first.")
     text = table.read_text(encoding="utf-8")
+    info = _service_manager(name).current()
+    if info is not None:
+        text += (
+            f"\nembedding service: {info.base_url} (model {info.model_name!r}, {info.backend} {info.variant or ''}); "
+            f"stop it with `embed-pipeline service stop {name}`\n"
+        )
     print(text)
     return text
+
+
+def _service_manager(name: str):
+    from embed_pipeline.stages.serving.local_service import LocalServiceManager
+
+    try:
+        validate_corpus_name(name)
+    except ValueError as exc:
+        raise CliError(str(exc)) from exc
+    return LocalServiceManager(asset_dir(get_settings().artifacts_dir, name, "embedding_service"))
+
+
+def service(action: str, name: str) -> None:
+    manager = _service_manager(name)
+    if action == "stop":
+        print(f"corpus {name!r}: " + ("service stopped" if manager.stop() else "no service was running"))
+        return
+    status = manager.status()
+    if status.info is None:
+        print(f"corpus {name!r}: no service deployed (materialize embedding_service)")
+        return
+    state = "ready" if status.ready else "running, not ready" if status.running else "not running"
+    print(f"corpus {name!r}: {status.info.base_url} ({state}; pid {status.info.pid}, log {status.info.log_path})")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -149,6 +182,19 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--max-docs", type=int, default=None, help="use only the first N demo modules")
     rep = sub.add_parser("report", help="print the base vs fine-tuned metrics table of a corpus")
     rep.add_argument("name")
+    svc = sub.add_parser("service", help="status or stop of a corpus's deployed embedding service")
+    svc.add_argument("action", choices=["status", "stop"])
+    svc.add_argument("name")
+    from embed_pipeline.stages.serving.server import add_serve_arguments
+
+    add_serve_arguments(
+        sub.add_parser(
+            "serve",
+            help="serve an onnx_model export or a model folder over HTTP (OpenAI embeddings API + NIM extensions)",
+            description="Serve an embedding model at /v1/embeddings. Set the API key in EMBED_SERVE_API_KEY "
+            "rather than --api-key: command lines are visible to other users in ps.",
+        )
+    )
     return parser
 
 
@@ -166,6 +212,12 @@ def main(argv: list[str] | None = None) -> int:
             demo_corpus(args.name, args.max_docs)
         elif args.command == "report":
             report(args.name)
+        elif args.command == "service":
+            service(args.action, args.name)
+        elif args.command == "serve":
+            from embed_pipeline.stages.serving.server import serve_from_args
+
+            return serve_from_args(args)
     except CliError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

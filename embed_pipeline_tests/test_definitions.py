@@ -13,6 +13,9 @@ EXPECTED_EDGES = {
     "training_examples": {"qa_splits", "chunks"},
     "finetuned_model": {"training_examples"},
     "retrieval_metrics": {"eval_set", "finetuned_model"},
+    "onnx_model": {"finetuned_model", "eval_set"},
+    "tensorrt_engine": {"onnx_model"},
+    "embedding_service": {"onnx_model", "eval_set", "retrieval_metrics"},
 }
 
 
@@ -62,6 +65,11 @@ def test_quality_gates_are_blocking_checks():
     assert checks[("retrieval_metrics", "finetuned_not_worse_than_base")] is True
     assert checks[("training_examples", "no_test_passages_in_training")] is True
     assert checks[("qa_splits", "no_document_in_two_splits")] is True
+    assert checks[("onnx_model", "onnx_fp32_parity")] is True
+    assert checks[("onnx_model", "onnx_int8_parity")] is True
+    assert checks[("embedding_service", "endpoint_matches_checkpoint")] is True
+    [trt] = [c for c in embed_pipeline.definitions.asset_checks or [] if c.check_key.name == "tensorrt_parity"]
+    assert trt.check_specs_by_output_name and next(iter(trt.check_specs)).blocking
 
 
 def test_stage_code_never_imports_dagster():

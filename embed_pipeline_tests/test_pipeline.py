@@ -7,9 +7,12 @@ import sys
 from pathlib import Path
 
 import dagster as dg
+import pytest
 
 from embed_pipeline.defs import ASSETS
-from embed_pipeline.defs.resources import BaseEncoder, PipelineStorage
+from embed_pipeline.defs.assets.export import tensorrt_parity
+from embed_pipeline.defs.resources import BaseEncoder, PipelineStorage, ServingTarget
+from embed_pipeline.stages.serving.local_service import LocalServiceManager
 
 ASSET_DIRS = [
     "documents",
@@ -20,7 +23,17 @@ ASSET_DIRS = [
     "training_examples",
     "finetuned_model",
     "retrieval_metrics",
+    "onnx_model",
+    "embedding_service",
 ]
+
+
+@pytest.fixture
+def stop_services(tmp_path: Path):
+    """The embedding_service asset leaves a service running (that is its job): stop it after the test."""
+    yield
+    for state in tmp_path.glob("artifacts/*/embedding_service"):
+        LocalServiceManager(state).stop()
 
 
 def _metadata(result: dg.ExecuteInProcessResult, asset: str) -> dict:
@@ -28,7 +41,7 @@ def _metadata(result: dg.ExecuteInProcessResult, asset: str) -> dict:
     return mat.metadata
 
 
-def test_all_assets_materialize_in_process(tmp_path: Path, sample_corpus: Path, tiny_model_dir: Path):
+def test_all_assets_materialize_in_process(tmp_path: Path, sample_corpus: Path, tiny_model_dir: Path, stop_services):
     corpora = tmp_path / "corpora"
     corpora.mkdir()
     (corpora / "tiny").symlink_to(sample_corpus, target_is_directory=True)
@@ -37,12 +50,13 @@ def test_all_assets_materialize_in_process(tmp_path: Path, sample_corpus: Path, 
     instance = dg.DagsterInstance.ephemeral()
     instance.add_dynamic_partitions("corpus", ["tiny"])
     result = dg.materialize(
-        ASSETS,
+        [*ASSETS, tensorrt_parity],
         partition_key="tiny",
         instance=instance,
         resources={
             "storage": PipelineStorage(corpora_dir=str(corpora), artifacts_dir=str(artifacts)),
             "base_encoder": BaseEncoder(model=str(tiny_model_dir), query_max_length=64, passage_max_length=128),
+            "serving": ServingTarget(),
         },
         run_config={
             "ops": {
@@ -74,7 +88,19 @@ def test_all_assets_materialize_in_process(tmp_path: Path, sample_corpus: Path, 
         "no_document_in_two_splits": True,
         "no_test_passages_in_training": True,
         "finetuned_not_worse_than_base": True,
+        "onnx_fp32_parity": True,
+        "onnx_int8_parity": True,
+        "endpoint_matches_checkpoint": True,
     }
+
+    # Export: parity measured on the eval set; TensorRT skipped on this CPU machine without failing the run.
+    onnx = _metadata(result, "onnx_model")
+    assert onnx["fp32_min_cosine"].value >= 0.9999 and abs(onnx["fp32_ndcg_at_10_delta"].value) <= 0.001
+    assert "| int8 |" in onnx["parity"].value
+    assert not result.asset_materializations_for_node("tensorrt_engine")
+    service = _metadata(result, "embedding_service")
+    assert service["url"].value.startswith("http://127.0.0.1:") and service["max_abs_drift"].value <= 0.01
+    assert LocalServiceManager(artifacts / "tiny" / "embedding_service").status().ready
 
     # Leakage: no test document's chunk appears in any training row.
     splits = json.loads((artifacts / "tiny" / "qa_splits" / "doc_splits.json").read_text())
@@ -98,7 +124,9 @@ def test_all_assets_materialize_in_process(tmp_path: Path, sample_corpus: Path, 
     assert "nDCG" in (model_dir / "README.md").read_text()
 
 
-def test_cli_corpus_add_and_dagster_materialize(tmp_path: Path, sample_corpus: Path, tiny_model_dir: Path):
+def test_cli_corpus_add_and_dagster_materialize(
+    tmp_path: Path, sample_corpus: Path, tiny_model_dir: Path, stop_services
+):
     """What a user types: `embed-pipeline corpus add` then `dagster asset materialize --select '*'`."""
     home = tmp_path / "dagster_home"
     home.mkdir()
@@ -155,3 +183,11 @@ def test_cli_corpus_add_and_dagster_materialize(tmp_path: Path, sample_corpus: P
 
     report = subprocess.run([*cli, "report", "docs"], env=env, capture_output=True, text=True, check=True)
     assert "nDCG@10" in report.stdout
+    assert "tensorrt_engine not built" in run.stdout + run.stderr  # skipped with its reason, the run still green
+    endpoint = instance.get_latest_materialization_event(dg.AssetKey("embedding_service"))
+    assert endpoint is not None and endpoint.asset_materialization.partition == "docs"
+    assert "embedding service: http://127.0.0.1:" in report.stdout
+    status = subprocess.run([*cli, "service", "status", "docs"], env=env, capture_output=True, text=True, check=True)
+    assert "(ready;" in status.stdout
+    stop = subprocess.run([*cli, "service", "stop", "docs"], env=env, capture_output=True, text=True, check=True)
+    assert "service stopped" in stop.stdout

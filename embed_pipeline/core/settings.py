@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -40,6 +41,14 @@ class Settings(BaseSettings):
     llm_quality_judge_model: str | None = Field(None, description="Override of llm_model for the quality judge.")
     import_path: str | None = Field(
         None, description="Pairs to import when sdg_generator is 'import' (recipe SDG output, JSONL or BEIR)."
+    )
+    serve_mode: Literal["local", "nim"] = Field(
+        "local", description="Where embedding_service deploys: 'local' (a project-managed process) or 'nim' (Docker)."
+    )
+    serve_host: str = Field("127.0.0.1", description="Address the local embedding service binds.")
+    serve_port: int = Field(0, ge=0, le=65535, description="Port of the embedding service (local: 0 picks a free one).")
+    nim_image: str = Field(
+        "nvcr.io/nim/nvidia/llama-nemotron-embed-1b-v2:latest", description="NIM image for serve_mode 'nim'."
     )
 
 

@@ -7,6 +7,7 @@ config overrides them per run.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import dagster as dg
 from pydantic import Field
@@ -45,6 +46,26 @@ class BaseEncoder(_BaseEncoderFields):
         return EncoderConfig(**values)
 
 
+class ServingTarget(dg.ConfigurableResource):
+    """Where ``embedding_service`` deploys the exported model, and how clients reach it."""
+
+    mode: Literal["local", "nim"] = Field(
+        "local",
+        description="local: a service process managed by the project (embed-pipeline serve on ONNX Runtime), "
+        "replaced on re-materialization. nim: a NIM container with the fine-tuned model (docker run --gpus all).",
+    )
+    host: str = Field("127.0.0.1", description="Address the local service binds (0.0.0.0: reachable from others).")
+    port: int = Field(0, ge=0, le=65535, description="Port (local: 0 picks a free one; nim: the published port).")
+    variant: Literal["fp32", "int8", "fp16"] = Field("fp32", description="Which ONNX graph the local service runs.")
+    api_key_env: str = Field(
+        "EMBED_SERVE_API_KEY",
+        description="Environment variable holding the bearer token clients must send (unset: no auth). The key "
+        "itself is never config.",
+    )
+    nim_image: str = Field("nvcr.io/nim/nvidia/llama-nemotron-embed-1b-v2:latest", description="NIM image (nim).")
+    ready_timeout_s: float = Field(600.0, gt=0, description="Seconds to wait for the service to report ready.")
+
+
 def build_resources(settings: Settings) -> dict[str, dg.ConfigurableResource]:
     return {
         "storage": PipelineStorage(
@@ -52,4 +73,10 @@ def build_resources(settings: Settings) -> dict[str, dg.ConfigurableResource]:
             artifacts_dir=str(settings.artifacts_dir.expanduser().resolve()),
         ),
         "base_encoder": BaseEncoder(model=settings.base_model),
+        "serving": ServingTarget(
+            mode=settings.serve_mode,
+            host=settings.serve_host,
+            port=settings.serve_port,
+            nim_image=settings.nim_image,
+        ),
     }

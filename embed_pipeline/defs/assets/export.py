@@ -1,0 +1,182 @@
+"""`onnx_model` and `tensorrt_engine`: the fine-tuned model exported for fast inference, with parity gates.
+
+The assets measure (export, then parity of every exported variant against the PyTorch checkpoint on the eval set,
+written to ``parity.json``); the blocking checks judge those measurements against the thresholds, so a failing
+export stops ``embedding_service`` from deploying it.
+"""
+
+import dagster as dg
+
+from embed_pipeline.core.artifacts import write_json
+from embed_pipeline.defs.assets.datasets import eval_set
+from embed_pipeline.defs.assets.model import finetuned_model
+from embed_pipeline.defs.config import run_config_for, to_stage
+from embed_pipeline.defs.metadata import path_value, upstream_file
+from embed_pipeline.defs.partitions import corpus_partitions
+from embed_pipeline.defs.resources import PipelineStorage
+from embed_pipeline.stages.export.onnx_export import OnnxExportConfig, export_onnx
+from embed_pipeline.stages.export.parity import PARITY_THRESHOLDS, ParityReport, check_parity
+from embed_pipeline.stages.export.tensorrt_engine import TensorRTConfig, build_engine, tensorrt_unavailable_reason
+
+OnnxExportRunConfig = run_config_for(OnnxExportConfig, "OnnxExportRunConfig")
+TensorRTRunConfig = run_config_for(TensorRTConfig, "TensorRTRunConfig")
+PARITY_FILE = "parity.json"
+
+
+def parity_table(reports: dict[str, ParityReport]) -> str:
+    """One row per variant: cosine to PyTorch, nDCG@10 of both, the delta, speed, verdict."""
+    lines = [
+        "| variant | min cosine | mean cosine | PyTorch nDCG@10 | exported nDCG@10 | Δ nDCG@10 | max |Δ| allowed "
+        "| texts/s (PyTorch → exported) | passed |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for variant, r in reports.items():
+        lines.append(
+            f"| {variant} | {r.cosine['all'].min:.6f} | {r.cosine['all'].mean:.6f} | "
+            f"{r.torch_metrics['ndcg_at_10']:.4f} | {r.onnx_metrics['ndcg_at_10']:.4f} | {r.ndcg_at_10_delta:+.4f} | "
+            f"{r.thresholds.max_ndcg_at_10_delta} | {r.torch_texts_per_s:.0f} → {r.onnx_texts_per_s:.0f} | "
+            f"{'yes' if r.passed else '**no**'} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _parity_check(variant: str, reports: dict[str, ParityReport]) -> dg.AssetCheckResult:
+    name = f"onnx_{variant}_parity"
+    report = reports.get(variant)
+    if report is None:  # int8 export turned off in the run config: there is nothing to gate
+        return dg.AssetCheckResult(
+            check_name=name,
+            passed=True,
+            severity=dg.AssetCheckSeverity.WARN,
+            metadata={"evaluated": False, "why": f"the {variant} variant was not exported (run config)"},
+        )
+    return dg.AssetCheckResult(
+        check_name=name,
+        passed=report.passed,
+        metadata={
+            "evaluated": True,
+            "min_cosine": report.cosine["all"].min,
+            "mean_cosine": report.cosine["all"].mean,
+            "min_cosine_required": dg.MetadataValue.text(str(report.thresholds.min_cosine or "not gated")),
+            "ndcg_at_10_delta": report.ndcg_at_10_delta,
+            "max_ndcg_at_10_delta": report.thresholds.max_ndcg_at_10_delta,
+            "failures": dg.MetadataValue.md("\n".join(f"- {f}" for f in report.failures) or "none"),
+        },
+    )
+
+
+@dg.asset(
+    partitions_def=corpus_partitions,
+    code_version="1",
+    group_name="deployment",
+    deps=[finetuned_model, eval_set],
+    kinds={"onnx"},
+    check_specs=[
+        dg.AssetCheckSpec(
+            "onnx_fp32_parity",
+            asset="onnx_model",
+            blocking=True,
+            description="ONNX Runtime fp32 vs PyTorch on every eval-set text: min cosine >= 0.9999 and "
+            "|Δ nDCG@10| <= 0.001.",
+        ),
+        dg.AssetCheckSpec(
+            "onnx_int8_parity",
+            asset="onnx_model",
+            blocking=True,
+            description="The int8 variant's retrieval stays within 0.01 nDCG@10 of PyTorch.",
+        ),
+    ],
+)
+def onnx_model(context: dg.AssetExecutionContext, config: OnnxExportRunConfig, storage: PipelineStorage):
+    """ONNX export (pooling and L2 normalisation inside the graph), int8/fp16 variants, tokenizer, manifest."""
+    corpus = context.partition_key
+    model_dir = upstream_file(storage.asset_dir(corpus, "finetuned_model"), "config.json", "finetuned_model").parent
+    eval_dir = upstream_file(storage.asset_dir(corpus, "eval_set"), "qrels/test.tsv", "eval_set").parent.parent
+    out = storage.asset_dir(corpus, "onnx_model")
+    result = export_onnx(model_dir, out, to_stage(config, OnnxExportConfig), logger=context.log)
+    reports = {
+        variant: check_parity(model_dir, out, eval_dir, variant, logger=context.log)
+        for variant in result.files
+        if variant in PARITY_THRESHOLDS  # the served variants (fp32, int8, fp16)
+    }
+    write_json(out / PARITY_FILE, {v: r.model_dump(mode="json") for v, r in reports.items()})
+    yield dg.MaterializeResult(
+        metadata={
+            "parity": dg.MetadataValue.md(parity_table(reports)),
+            "variants": dg.MetadataValue.md(
+                "| variant | file | MB |\n|---|---|---|\n"
+                + "\n".join(f"| {v} | {p.name} | {result.sizes_mb.get(v, 0.0):.1f} |" for v, p in result.files.items())
+            ),
+            **{f"{v}_min_cosine": r.cosine["all"].min for v, r in reports.items()},
+            **{f"{v}_ndcg_at_10_delta": r.ndcg_at_10_delta for v, r in reports.items()},
+            "opset": result.opset,
+            "dimension": result.dimension,
+            "max_length": result.max_length,
+            "attention": result.attention,
+            "export_seconds": round(result.seconds, 2),
+            "path": path_value(out),
+        }
+    )
+    for variant in ("fp32", "int8"):
+        yield _parity_check(variant, reports)
+
+
+@dg.asset(
+    partitions_def=corpus_partitions,
+    code_version="1",
+    group_name="deployment",
+    deps=[onnx_model],
+    kinds={"tensorrt"},
+    output_required=False,
+)
+def tensorrt_engine(context: dg.AssetExecutionContext, config: TensorRTRunConfig, storage: PipelineStorage):
+    """TensorRT engine (fp16, pooling/normalisation in fp32) whose profile covers the trained max length.
+
+    Needs TensorRT and an NVIDIA GPU; elsewhere it does not materialize, logs why, and the run still succeeds.
+    """
+    reason = tensorrt_unavailable_reason()
+    if reason is not None:
+        context.log.warning(f"tensorrt_engine not built: {reason}.")
+        return
+    corpus = context.partition_key
+    onnx_dir = upstream_file(storage.asset_dir(corpus, "onnx_model"), "manifest.json", "onnx_model").parent
+    out = storage.asset_dir(corpus, "tensorrt_engine")
+    result = build_engine(onnx_dir, out, to_stage(config, TensorRTConfig), logger=context.log)
+    yield dg.MaterializeResult(
+        metadata={
+            "precision": result.precision,
+            "profile": dg.MetadataValue.json(result.profile),
+            "fp32_layers": result.fp32_layers,
+            "size_mb": round(result.size_mb, 1),
+            "build_seconds": round(result.seconds, 1),
+            "tensorrt_version": result.tensorrt_version,
+            "gpu": result.gpu,
+            "path": path_value(out),
+        }
+    )
+
+
+@dg.asset_check(
+    asset=tensorrt_engine,
+    blocking=True,
+    description="The engine vs PyTorch on every eval-set text: min cosine and nDCG@10 within the fp16 thresholds.",
+)
+def tensorrt_parity(context: dg.AssetCheckExecutionContext, storage: PipelineStorage) -> dg.AssetCheckResult:
+    from embed_pipeline.stages.export.engine_parity import check_engine_parity
+
+    corpus = context.partition_key
+    report = check_engine_parity(
+        storage.asset_dir(corpus, "finetuned_model"),
+        storage.asset_dir(corpus, "tensorrt_engine"),
+        storage.asset_dir(corpus, "eval_set"),
+        logger=context.log,
+    )
+    write_json(storage.asset_dir(corpus, "tensorrt_engine") / PARITY_FILE, report.model_dump(mode="json"))
+    return dg.AssetCheckResult(
+        passed=report.passed,
+        metadata={
+            "min_cosine": report.cosine["all"].min,
+            "ndcg_at_10_delta": report.ndcg_at_10_delta,
+            "failures": dg.MetadataValue.md("\n".join(f"- {f}" for f in report.failures) or "none"),
+        },
+    )
