@@ -427,7 +427,7 @@ def test_local_batch_choice_is_logged(tiny_model_dir: Path, data_dir: Path, tmp_
     with caplog.at_level(logging.INFO, logger=logger.name):
         result = finetune(data_dir / "train.jsonl", None, enc_config(tiny_model_dir), config, tmp_path, logger)
     assert result.grad_cache and result.history.local_batch_size == 4
-    assert any("Micro-batch 4, GradCache on" in r.message for r in caplog.records)
+    assert any("Local batch 4 rows per pass, GradCache on" in r.message for r in caplog.records)
     card = (tmp_path / "README.md").read_text()
     assert "| GradCache (exact in-batch negatives over micro-batches) | yes |" in card
     assert "GradCache in about 2 chunks of 4 rows' share of the tokens" in card

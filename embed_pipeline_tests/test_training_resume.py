@@ -151,7 +151,8 @@ def test_a_different_config_or_data_starts_fresh(
     assert "the training file changed" in caplog.text
     assert result.resumed_from_step is None and result.num_train_rows == 23 and not state.exists()
 
-    # A matching state is ignored with resume=False.
+    # A matching state is ignored with resume=False (reuse_unchanged off: the finished model above would be kept).
+    other = other.model_copy(update={"reuse_unchanged": False})
     with monkeypatch.context() as m:
         kill_during_step(m, 2)
         with pytest.raises(Killed):
@@ -172,3 +173,28 @@ def test_fingerprint_ignores_logging_and_checkpoint_interval(data_dir: Path) -> 
     assert fingerprint_mismatch(base, other) == (
         "the validation file changed; encoder_config differs in model; training_config differs in seed"
     )
+
+
+def test_unchanged_inputs_reuse_the_model_and_changes_retrain(
+    tiny_model_dir: Path,
+    data_dir: Path,  # noqa: F811
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    out = tmp_path / "model"
+    cfg = fast_config(num_epochs=1)
+    first = run(tiny_model_dir, data_dir, out, cfg)
+    assert not first.reused and first.history.finished and first.history.input_fingerprint
+    weights_file = next(out.glob("*.safetensors"))
+    mtime = weights_file.stat().st_mtime_ns
+
+    with caplog.at_level(logging.INFO, logger="embed_pipeline.training"):
+        again = run(tiny_model_dir, data_dir, out, cfg)
+    assert again.reused and again.steps == first.steps and again.best_val_loss == first.best_val_loss
+    assert weights_file.stat().st_mtime_ns == mtime  # nothing was rewritten
+    assert any("Training inputs unchanged" in r.message for r in caplog.records)
+
+    changed = run(tiny_model_dir, data_dir, out, fast_config(num_epochs=1, learning_rate=1e-3))
+    assert not changed.reused  # another configuration trains again
+    forced = run(tiny_model_dir, data_dir, out, fast_config(num_epochs=1, learning_rate=1e-3, reuse_unchanged=False))
+    assert not forced.reused

@@ -118,6 +118,12 @@ class TrainingConfig(BaseModel):
         "in this process.",
     )
     log_every_s: float = Field(5.0, gt=0, description="Seconds between progress log lines.")
+    reuse_unchanged: bool = Field(
+        True,
+        description="When the output folder already holds a model trained on the same training/validation bytes, "
+        "base model and configuration, return it instead of training again (a refresh of an unchanged corpus "
+        "does not retrain). False: always train.",
+    )
 
     @field_validator("matryoshka_dims")
     @classmethod
@@ -205,6 +211,10 @@ class TrainingHistory(BaseModel):
     resumed_from_steps: list[int] = Field(default_factory=list, description="Steps this run was resumed from.")
     seconds: float = 0.0
     examples_per_s: float = Field(0.0, description="Training rows per second over the optimizer steps only.")
+    input_fingerprint: str | None = Field(
+        None, description="sha256 of the data, base model and configuration trained on (reuse_unchanged)."
+    )
+    finished: bool = Field(False, description="True once the run completed (a mid-run best checkpoint is not).")
     steps: list[StepLog] = Field(default_factory=list)
     evals: list[EvalLog] = Field(default_factory=list)
     epochs: list[EpochLog] = Field(default_factory=list)
@@ -229,6 +239,7 @@ class TrainResult(BaseModel):
     grad_cache: bool = False
     stopped_early: bool = False
     resumed_from_step: int | None = Field(None, description="The step a saved training state was resumed from.")
+    reused: bool = Field(False, description="True when the inputs were unchanged and the existing model was kept.")
 
 
 # --------------------------------------------------------------------------------------------------- data

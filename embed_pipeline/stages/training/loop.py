@@ -55,6 +55,8 @@ from embed_pipeline.core.artifacts import read_jsonl, write_json
 from embed_pipeline.core.encoder import Encoder, EncoderConfig
 from embed_pipeline.core.progress import Progress
 from embed_pipeline.core.records import TrainingExample
+from embed_pipeline.core.reuse import inputs_fingerprint
+from embed_pipeline.core.settings import resolve_model_path
 from embed_pipeline.stages.model_card import HISTORY_FILE, write_model_card
 from embed_pipeline.stages.training.batching import (
     choose_batch_size,
@@ -188,6 +190,52 @@ def finetune(
         dist.close()
 
 
+def input_fingerprint(
+    train_path: Path, val_path: Path | None, encoder_config: EncoderConfig, config: TrainingConfig
+) -> str:
+    """What a kept model must have been trained on to be reused: data bytes, base model files, configuration."""
+    base = Path(resolve_model_path(encoder_config.model))
+    return inputs_fingerprint(
+        [train_path, val_path, base if base.is_dir() else None],
+        run_fingerprint(train_path, val_path, encoder_config, config),
+        ignore={"README.md", HISTORY_FILE},
+    )
+
+
+def reusable_result(out_dir: Path, fingerprint: str, log: logging.Logger) -> TrainResult | None:
+    """The model already in ``out_dir`` when it was trained on exactly these inputs (else None)."""
+    try:
+        history = TrainingHistory.model_validate_json((out_dir / HISTORY_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not history.finished or history.input_fingerprint != fingerprint or not (out_dir / "config.json").is_file():
+        return None
+    if history.best_epoch is None or not history.epochs:
+        return None
+    log.info(
+        "Training inputs unchanged since %s was trained (fingerprint %s): reusing it, no training "
+        "(reuse_unchanged=False retrains).", out_dir, fingerprint[:12],
+    )  # fmt: skip
+    return TrainResult(
+        out_dir=out_dir,
+        num_train_rows=history.train_data.rows,
+        num_val_rows=history.val_data.rows if history.val_data else 0,
+        batch_size=history.batch_size,
+        steps=history.steps[-1].step if history.steps else 0,
+        best_epoch=history.best_epoch,
+        best_val_loss=history.best_val_loss,
+        final_train_loss=history.epochs[-1].train_loss,
+        history=history,
+        seconds=history.seconds,
+        examples_per_s=history.examples_per_s,
+        best_step=history.best_step,
+        local_batch_size=history.local_batch_size,
+        grad_cache=history.grad_cache,
+        stopped_early=history.stopped_early,
+        reused=True,
+    )
+
+
 def _quiet_unless_main(log: logging.Logger, dist: Dist) -> logging.Logger:
     """Rank 0 logs; the other processes only warn (their lines would repeat rank 0's)."""
     if dist.is_main:
@@ -209,6 +257,9 @@ def _finetune(
 ) -> TrainResult:
     log = _quiet_unless_main(log, dist)
     started = time.perf_counter()
+    inputs_fp = input_fingerprint(train_path, val_path, encoder_config, config) if Path(train_path).is_file() else ""
+    if config.reuse_unchanged and inputs_fp and (kept := reusable_result(out_dir, inputs_fp, log)) is not None:
+        return kept
     out_dir = Path(out_dir)
     train_rows = _read_rows(train_path, "Training")
     if not train_rows:
@@ -238,7 +289,10 @@ def _finetune(
         log.info("Data parallel over %d processes (torchrun); rank 0 writes the output.", dist.world_size)
     log.info("Batch size %d: %s.", batch_size, reason)
     log.info(
-        "Micro-batch %d, GradCache %s: %s.", plan.local_batch_size, "on" if plan.grad_cache else "off", plan.reason
+        "Local batch %d rows per pass, GradCache %s: %s.",
+        plan.local_batch_size,
+        "on" if plan.grad_cache else "off",
+        plan.reason,
     )
     history = TrainingHistory(
         base_model=encoder_config.model,
@@ -257,6 +311,7 @@ def _finetune(
         steps_per_epoch=steps_per_epoch,
         total_steps=total_steps,
         warmup_steps=warmup_steps_for(total_steps, config),
+        input_fingerprint=inputs_fp,
     )
     log.info(
         "Fine-tuning %s on %s: %d train rows (%d queries), %d val rows, %d epochs x %d steps.",
@@ -392,6 +447,7 @@ def _finetune(
     history.selection = _selection(history, config, selecting, bool(val_rows))
     history.seconds = round(prior_seconds + time.perf_counter() - started, 3)
     history.examples_per_s = round(loop.rows_trained / max(loop.train_seconds, 1e-9), 3)
+    history.finished = True
     if dist.is_main:
         if selecting:
             write_json(out_dir / HISTORY_FILE, history.model_dump(mode="json"))

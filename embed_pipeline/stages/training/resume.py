@@ -33,7 +33,7 @@ STATE_FILE = "state.pt"
 STATE_FORMAT = 2  # bump when the saved state's layout changes: older states are then not resumed
 FINGERPRINT_FILE = "fingerprint.json"
 # Fields that do not change the optimisation: a saved state stays resumable when only these differ.
-NOT_FINGERPRINTED = {"log_every_s", "checkpoint_steps", "num_processes"}
+NOT_FINGERPRINTED = {"log_every_s", "checkpoint_steps", "num_processes", "reuse_unchanged"}
 
 
 @dataclass
