@@ -11,6 +11,7 @@ import pytest
 
 from embed_pipeline.defs import ASSETS
 from embed_pipeline.defs.assets.export import tensorrt_parity
+from embed_pipeline.defs.compute import ComputeTarget
 from embed_pipeline.defs.resources import BaseEncoder, PipelineStorage, ServingTarget
 from embed_pipeline.stages.serving.local_service import LocalServiceManager
 
@@ -57,6 +58,7 @@ def test_all_assets_materialize_in_process(tmp_path: Path, sample_corpus: Path, 
             "storage": PipelineStorage(corpora_dir=str(corpora), artifacts_dir=str(artifacts)),
             "base_encoder": BaseEncoder(model=str(tiny_model_dir), query_max_length=64, passage_max_length=128),
             "serving": ServingTarget(),
+            "compute": ComputeTarget(),
         },
         run_config={
             "ops": {

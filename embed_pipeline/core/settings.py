@@ -50,6 +50,23 @@ class Settings(BaseSettings):
     nim_image: str = Field(
         "nvcr.io/nim/nvidia/llama-nemotron-embed-1b-v2:latest", description="NIM image for serve_mode 'nim'."
     )
+    # Where the GPU-bound steps run (defs/compute.py, ComputeTarget). The Launchpad's resource config overrides these.
+    compute_mode: Literal["in_process", "docker"] = Field(
+        "in_process",
+        description="Where mining, training, evaluation and export run: 'in_process' (this Python process) or "
+        "'docker' (an NVIDIA container of compute_image per step, through Dagster Pipes).",
+    )
+    compute_image: str = Field("embed-pipeline:latest", description="Image for compute_mode 'docker' (Dockerfile).")
+    compute_gpus: str = Field(
+        "all", description="GPUs per container: 'all', a count ('2'), 'device=0,1' (ids or UUIDs) or 'none'."
+    )
+    compute_volumes: str = Field(
+        "",
+        description="Comma-separated host folders the containers also mount, at the same path (the artifacts and "
+        "corpora folders, and a local base model folder, are always mounted).",
+    )
+    compute_network: str | None = Field(None, description="Docker network of the containers (None: Docker's default).")
+    compute_shm_size: str = Field("8g", description="Shared memory per container (PyTorch data loading, NCCL).")
 
 
 def get_settings() -> Settings:

@@ -1,4 +1,5 @@
-"""Resources: where corpora and artifacts live, and the base encoder every model-using asset shares.
+"""Resources: where corpora and artifacts live, the base encoder every model-using asset shares, where the
+GPU-bound steps run (``compute``, defs/compute.py) and where the embedding service deploys.
 
 Defaults come from the environment (EMBED_*), read when the code location loads; the Launchpad's resource
 config overrides them per run.
@@ -15,6 +16,7 @@ from pydantic import Field
 from embed_pipeline.core.artifacts import asset_dir, validate_corpus_name
 from embed_pipeline.core.encoder import EncoderConfig
 from embed_pipeline.core.settings import Settings
+from embed_pipeline.defs.compute import ComputeTarget
 from embed_pipeline.defs.config import run_config_for
 
 
@@ -66,17 +68,33 @@ class ServingTarget(dg.ConfigurableResource):
     ready_timeout_s: float = Field(600.0, gt=0, description="Seconds to wait for the service to report ready.")
 
 
+def _shared_volumes(settings: Settings, corpora_dir: str, artifacts_dir: str) -> list[str]:
+    """What a GPU container mounts: the pipeline's folders, a local base model, and EMBED_COMPUTE_VOLUMES."""
+    folders = [artifacts_dir, corpora_dir]
+    if Path(settings.base_model).expanduser().is_dir():
+        folders.append(str(Path(settings.base_model).expanduser().resolve()))
+    folders += [str(Path(f.strip()).expanduser().resolve()) for f in settings.compute_volumes.split(",") if f.strip()]
+    return list(dict.fromkeys(folders))
+
+
 def build_resources(settings: Settings) -> dict[str, dg.ConfigurableResource]:
+    corpora_dir = str(settings.corpora_dir.expanduser().resolve())
+    artifacts_dir = str(settings.artifacts_dir.expanduser().resolve())
     return {
-        "storage": PipelineStorage(
-            corpora_dir=str(settings.corpora_dir.expanduser().resolve()),
-            artifacts_dir=str(settings.artifacts_dir.expanduser().resolve()),
-        ),
+        "storage": PipelineStorage(corpora_dir=corpora_dir, artifacts_dir=artifacts_dir),
         "base_encoder": BaseEncoder(model=settings.base_model),
         "serving": ServingTarget(
             mode=settings.serve_mode,
             host=settings.serve_host,
             port=settings.serve_port,
             nim_image=settings.nim_image,
+        ),
+        "compute": ComputeTarget(
+            mode=settings.compute_mode,
+            image=settings.compute_image,
+            gpus=settings.compute_gpus,
+            shared_volumes=_shared_volumes(settings, corpora_dir, artifacts_dir),
+            network=settings.compute_network,
+            shm_size=settings.compute_shm_size,
         ),
     }

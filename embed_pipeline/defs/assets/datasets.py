@@ -5,16 +5,16 @@ import time
 import dagster as dg
 
 from embed_pipeline.core.artifacts import read_json, read_jsonl
-from embed_pipeline.core.encoder import Encoder
 from embed_pipeline.core.records import QAPair, TrainingExample
 from embed_pipeline.defs.assets.ingest import chunks
-from embed_pipeline.defs.assets.synthetic_data import corpus_chunks, qa_pairs
+from embed_pipeline.defs.assets.synthetic_data import EXTRA_CHUNKS, corpus_chunks, qa_pairs
+from embed_pipeline.defs.compute import GPU_POOL, ComputeTarget, run_stage
 from embed_pipeline.defs.config import run_config_for, to_stage
 from embed_pipeline.defs.metadata import path_value, sample_table, upstream_file
 from embed_pipeline.defs.partitions import corpus_partitions
 from embed_pipeline.defs.resources import BaseEncoder, PipelineStorage
 from embed_pipeline.stages.eval_set import build_eval_set
-from embed_pipeline.stages.mining import MiningConfig, mine_hard_negatives, write_training_examples
+from embed_pipeline.stages.mining import MiningConfig
 from embed_pipeline.stages.splits import SPLITS, SplitConfig, split_pairs, write_splits
 
 SplitsRunConfig = run_config_for(SplitConfig, "SplitsRunConfig")
@@ -101,53 +101,55 @@ def eval_set(context: dg.AssetExecutionContext, storage: PipelineStorage) -> dg.
     deps=[qa_splits, chunks],
     kinds={"python", "faiss"},
     check_specs=[dg.AssetCheckSpec("no_test_passages_in_training", asset="training_examples", blocking=True)],
+    pool=GPU_POOL,
 )
 def training_examples(
     context: dg.AssetExecutionContext,
     config: MiningRunConfig,
     storage: PipelineStorage,
     base_encoder: BaseEncoder,
+    compute: ComputeTarget,
 ):
     """Hard negatives mined with the base model (test passages never used), one row per positive."""
     corpus = context.partition_key
     start = time.perf_counter()
-    chunk_records = corpus_chunks(storage, corpus)
-    doc_splits = _doc_splits(storage, corpus)
-    test_docs = {d for d, s in doc_splits.items() if s == "test"}
-    pairs = {s: _split(storage, corpus, s) for s in ("train", "val")}
-    if not pairs["train"]:
-        raise ValueError(f"Corpus {corpus!r} has no training queries: add documents or lower quality_threshold.")
-    encoder = Encoder(base_encoder.config())
-    result = mine_hard_negatives(pairs, chunk_records, test_docs, encoder, to_stage(config, MiningConfig), context.log)
+    chunks_file = upstream_file(storage.asset_dir(corpus, "chunks"), "chunks.jsonl", "chunks")
+    extra_chunks = storage.asset_dir(corpus, "qa_pairs") / EXTRA_CHUNKS
+    splits_dir = upstream_file(storage.asset_dir(corpus, "qa_splits"), "doc_splits.json", "qa_splits").parent
+    for split in ("train", "val"):
+        upstream_file(splits_dir, f"{split}.jsonl", "qa_splits")
     out = storage.asset_dir(corpus, "training_examples")
-    manifest = write_training_examples(result, out)
+    result = run_stage(
+        context,
+        compute,
+        "mining",
+        {
+            "corpus": corpus,
+            "chunk_files": [str(chunks_file), *([str(extra_chunks)] if extra_chunks.exists() else [])],
+            "splits_dir": str(splits_dir),
+            "encoder": base_encoder.config().model_dump(mode="json"),
+            "config": to_stage(config, MiningConfig).model_dump(mode="json"),
+            "out_dir": str(out),
+        },
+    )
+    manifest = result["manifest"]
     # The check reads back what was written, so it would catch a leak from any cause.
-    test_chunks = {c.chunk_id for c in chunk_records if c.doc_id in test_docs}
+    test_docs = {d for d, s in _doc_splits(storage, corpus).items() if s == "test"}
+    test_chunks = {c.chunk_id for c in corpus_chunks(storage, corpus) if c.doc_id in test_docs}
     leaks = [
         r.query_id
-        for s in pairs
+        for s in ("train", "val")
         for r in read_jsonl(out / f"{s}.jsonl", TrainingExample)
         if ({r.positive_id, *r.negative_ids} & test_chunks)
     ]
-    train_rows = result.examples["train"]
     yield dg.MaterializeResult(
         metadata={
-            "train_rows": len(train_rows),
-            "val_rows": len(result.examples["val"]),
+            "train_rows": result["train_rows"],
+            "val_rows": result["val_rows"],
             "mining_corpus_size": manifest["mining_corpus_size"],
             "excluded_test_passages": manifest["excluded_test_passages"],
             "manifest": dg.MetadataValue.json(manifest),
-            "sample": sample_table(
-                [
-                    {
-                        "query": r.query,
-                        "positive": r.positive,
-                        "hardest_negative": r.negatives[0] if r.negatives else "",
-                    }
-                    for r in train_rows
-                ],
-                ["query", "positive", "hardest_negative"],
-            ),
+            "sample": sample_table(result["sample"], ["query", "positive", "hardest_negative"]),
             "path": path_value(out),
             "seconds": round(time.perf_counter() - start, 3),
         }

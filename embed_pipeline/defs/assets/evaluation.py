@@ -5,13 +5,13 @@ from pydantic import Field
 
 from embed_pipeline.defs.assets.datasets import eval_set
 from embed_pipeline.defs.assets.model import finetuned_model
+from embed_pipeline.defs.compute import GPU_POOL, ComputeTarget, run_stage
 from embed_pipeline.defs.config import run_config_for
 from embed_pipeline.defs.metadata import path_value, upstream_file
 from embed_pipeline.defs.partitions import corpus_partitions
 from embed_pipeline.defs.plots import metrics_bars
 from embed_pipeline.defs.resources import BaseEncoder, PipelineStorage
-from embed_pipeline.stages.evaluation import RetrievalMetricsConfig, run_retrieval_metrics
-from embed_pipeline.stages.model_card import write_model_card
+from embed_pipeline.stages.evaluation import RetrievalMetricsConfig, RetrievalMetricsResult
 
 
 class RetrievalMetricsRunConfig(run_config_for(RetrievalMetricsConfig, "_RetrievalMetricsFields")):
@@ -27,12 +27,14 @@ class RetrievalMetricsRunConfig(run_config_for(RetrievalMetricsConfig, "_Retriev
     deps=[eval_set, finetuned_model],
     kinds={"python", "faiss"},
     check_specs=[dg.AssetCheckSpec("finetuned_not_worse_than_base", asset="retrieval_metrics", blocking=True)],
+    pool=GPU_POOL,
 )
 def retrieval_metrics(
     context: dg.AssetExecutionContext,
     config: RetrievalMetricsRunConfig,
     storage: PipelineStorage,
     base_encoder: BaseEncoder,
+    compute: ComputeTarget,
 ):
     """nDCG/Recall/Precision/MAP at k for the base and the fine-tuned model (pytrec_eval, BEIR's rules)."""
     corpus = context.partition_key
@@ -42,13 +44,15 @@ def retrieval_metrics(
         **{k: v for k, v in config.model_dump().items() if k in RetrievalMetricsConfig.model_fields}
     )
     out = storage.asset_dir(corpus, "retrieval_metrics")
-    result = run_retrieval_metrics(
-        eval_dir, base_encoder.config(), base_encoder.config(str(model_dir)), stage_config, out, logger=context.log
-    )
-    card_metrics = result.table + (
-        f"\nBy embedding dimension (Matryoshka):\n\n{result.dimension_table}" if result.dimension_table else ""
-    )
-    write_model_card(model_dir, metrics_markdown=card_metrics)
+    params = {
+        "eval_dir": str(eval_dir),
+        "base": base_encoder.config().model_dump(mode="json"),
+        "finetuned": base_encoder.config(str(model_dir)).model_dump(mode="json"),
+        "config": stage_config.model_dump(mode="json"),
+        "out_dir": str(out),
+        "model_dir": str(model_dir),  # the model card gets the metrics table
+    }
+    result = RetrievalMetricsResult.model_validate(run_stage(context, compute, "retrieval_metrics", params))
     numbers = {
         f"{who}_{key}": value
         for who, scores in (("base", result.base), ("finetuned", result.finetuned))

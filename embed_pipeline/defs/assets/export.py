@@ -7,16 +7,17 @@ export stops ``embedding_service`` from deploying it.
 
 import dagster as dg
 
-from embed_pipeline.core.artifacts import write_json
+from embed_pipeline.core.artifacts import read_json, write_json
 from embed_pipeline.defs.assets.datasets import eval_set
 from embed_pipeline.defs.assets.model import finetuned_model
+from embed_pipeline.defs.compute import GPU_POOL, ComputeTarget, ContainerStageError, run_stage
 from embed_pipeline.defs.config import run_config_for, to_stage
 from embed_pipeline.defs.metadata import path_value, upstream_file
 from embed_pipeline.defs.partitions import corpus_partitions
 from embed_pipeline.defs.resources import PipelineStorage
-from embed_pipeline.stages.export.onnx_export import OnnxExportConfig, export_onnx
-from embed_pipeline.stages.export.parity import PARITY_THRESHOLDS, ParityReport, check_parity
-from embed_pipeline.stages.export.tensorrt_engine import TensorRTConfig, build_engine, tensorrt_unavailable_reason
+from embed_pipeline.stages.export.onnx_export import OnnxExportConfig, OnnxExportResult
+from embed_pipeline.stages.export.parity import ParityReport
+from embed_pipeline.stages.export.tensorrt_engine import TensorRTConfig, TensorRTResult, tensorrt_unavailable_reason
 
 OnnxExportRunConfig = run_config_for(OnnxExportConfig, "OnnxExportRunConfig")
 TensorRTRunConfig = run_config_for(TensorRTConfig, "TensorRTRunConfig")
@@ -86,20 +87,26 @@ def _parity_check(variant: str, reports: dict[str, ParityReport]) -> dg.AssetChe
             description="The int8 variant's retrieval stays within 0.01 nDCG@10 of PyTorch.",
         ),
     ],
+    pool=GPU_POOL,
 )
-def onnx_model(context: dg.AssetExecutionContext, config: OnnxExportRunConfig, storage: PipelineStorage):
+def onnx_model(
+    context: dg.AssetExecutionContext, config: OnnxExportRunConfig, storage: PipelineStorage, compute: ComputeTarget
+):
     """ONNX export (pooling and L2 normalisation inside the graph), int8/fp16 variants, tokenizer, manifest."""
     corpus = context.partition_key
     model_dir = upstream_file(storage.asset_dir(corpus, "finetuned_model"), "config.json", "finetuned_model").parent
     eval_dir = upstream_file(storage.asset_dir(corpus, "eval_set"), "qrels/test.tsv", "eval_set").parent.parent
     out = storage.asset_dir(corpus, "onnx_model")
-    result = export_onnx(model_dir, out, to_stage(config, OnnxExportConfig), logger=context.log)
-    reports = {
-        variant: check_parity(model_dir, out, eval_dir, variant, logger=context.log)
-        for variant in result.files
-        if variant in PARITY_THRESHOLDS  # the served variants (fp32, int8, fp16)
+    params = {
+        "model_dir": str(model_dir),
+        "eval_dir": str(eval_dir),
+        "out_dir": str(out),
+        "config": to_stage(config, OnnxExportConfig).model_dump(mode="json"),
+        "parity_path": str(out / PARITY_FILE),  # parity of every served variant (fp32, int8, fp16)
     }
-    write_json(out / PARITY_FILE, {v: r.model_dump(mode="json") for v, r in reports.items()})
+    done = run_stage(context, compute, "onnx_export", params)
+    result = OnnxExportResult.model_validate(done["export"])
+    reports = {variant: ParityReport.model_validate(r) for variant, r in done["parity"].items()}
     yield dg.MaterializeResult(
         metadata={
             "parity": dg.MetadataValue.md(parity_table(reports)),
@@ -128,20 +135,44 @@ def onnx_model(context: dg.AssetExecutionContext, config: OnnxExportRunConfig, s
     deps=[onnx_model],
     kinds={"tensorrt"},
     output_required=False,
+    pool=GPU_POOL,
 )
-def tensorrt_engine(context: dg.AssetExecutionContext, config: TensorRTRunConfig, storage: PipelineStorage):
+def tensorrt_engine(
+    context: dg.AssetExecutionContext, config: TensorRTRunConfig, storage: PipelineStorage, compute: ComputeTarget
+):
     """TensorRT engine (fp16, pooling/normalisation in fp32) whose profile covers the trained max length.
 
-    Needs TensorRT and an NVIDIA GPU; elsewhere it does not materialize, logs why, and the run still succeeds.
+    Needs TensorRT and an NVIDIA GPU; in process elsewhere it does not materialize, logs why, and the run still
+    succeeds. In docker mode the container decides, and one that cannot build fails the step: the GPU image was
+    asked for, so a missing GPU there is a setup error, not a machine without one.
     """
-    reason = tensorrt_unavailable_reason()
-    if reason is not None:
-        context.log.warning(f"tensorrt_engine not built: {reason}.")
-        return
+    if compute.mode == "in_process":
+        reason = tensorrt_unavailable_reason()
+        if reason is not None:
+            context.log.warning(f"tensorrt_engine not built: {reason}.")
+            return
     corpus = context.partition_key
     onnx_dir = upstream_file(storage.asset_dir(corpus, "onnx_model"), "manifest.json", "onnx_model").parent
     out = storage.asset_dir(corpus, "tensorrt_engine")
-    result = build_engine(onnx_dir, out, to_stage(config, TensorRTConfig), logger=context.log)
+    params = {
+        "onnx_dir": str(onnx_dir),
+        "out_dir": str(out),
+        "config": to_stage(config, TensorRTConfig).model_dump(mode="json"),
+    }
+    if compute.mode == "docker":  # measure parity in the GPU container; tensorrt_parity judges it here
+        params["parity"] = {
+            "model_dir": str(storage.asset_dir(corpus, "finetuned_model")),
+            "eval_dir": str(storage.asset_dir(corpus, "eval_set")),
+            "path": str(out / PARITY_FILE),
+        }
+    done = run_stage(context, compute, "tensorrt_engine", params)
+    if not done["built"]:  # in docker mode (in process, the check above already returned)
+        raise ContainerStageError(
+            f"tensorrt_engine not built in a container of {compute.image!r}: {done['reason']}. Give the container "
+            "a GPU (the compute resource's gpus; the NVIDIA Container Toolkit on the Docker host) and an image with "
+            "the gpu extra (the project's Dockerfile), or run this step with EMBED_COMPUTE_MODE=in_process."
+        )
+    result = TensorRTResult.model_validate(done["result"])
     yield dg.MaterializeResult(
         metadata={
             "precision": result.precision,
@@ -160,18 +191,26 @@ def tensorrt_engine(context: dg.AssetExecutionContext, config: TensorRTRunConfig
     asset=tensorrt_engine,
     blocking=True,
     description="The engine vs PyTorch on every eval-set text: min cosine and nDCG@10 within the fp16 thresholds.",
+    pool=GPU_POOL,
 )
-def tensorrt_parity(context: dg.AssetCheckExecutionContext, storage: PipelineStorage) -> dg.AssetCheckResult:
-    from embed_pipeline.stages.export.engine_parity import check_engine_parity
-
+def tensorrt_parity(
+    context: dg.AssetCheckExecutionContext, storage: PipelineStorage, compute: ComputeTarget
+) -> dg.AssetCheckResult:
     corpus = context.partition_key
-    report = check_engine_parity(
-        storage.asset_dir(corpus, "finetuned_model"),
-        storage.asset_dir(corpus, "tensorrt_engine"),
-        storage.asset_dir(corpus, "eval_set"),
-        logger=context.log,
-    )
-    write_json(storage.asset_dir(corpus, "tensorrt_engine") / PARITY_FILE, report.model_dump(mode="json"))
+    engine_dir = storage.asset_dir(corpus, "tensorrt_engine")
+    if compute.mode == "docker":
+        # Measured in the engine's GPU container right after the build (this process may have no GPU).
+        report = ParityReport.model_validate(read_json(upstream_file(engine_dir, PARITY_FILE, "tensorrt_engine")))
+    else:
+        from embed_pipeline.stages.export.engine_parity import check_engine_parity
+
+        report = check_engine_parity(
+            storage.asset_dir(corpus, "finetuned_model"),
+            engine_dir,
+            storage.asset_dir(corpus, "eval_set"),
+            logger=context.log,
+        )
+        write_json(engine_dir / PARITY_FILE, report.model_dump(mode="json"))
     return dg.AssetCheckResult(
         passed=report.passed,
         metadata={

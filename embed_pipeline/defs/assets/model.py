@@ -3,12 +3,13 @@
 import dagster as dg
 
 from embed_pipeline.defs.assets.datasets import training_examples
+from embed_pipeline.defs.compute import GPU_POOL, ComputeTarget, run_stage
 from embed_pipeline.defs.config import run_config_for, to_stage
 from embed_pipeline.defs.metadata import path_value, upstream_file
 from embed_pipeline.defs.partitions import corpus_partitions
 from embed_pipeline.defs.plots import training_curves
 from embed_pipeline.defs.resources import BaseEncoder, PipelineStorage
-from embed_pipeline.stages.training import TrainingConfig, run_finetune
+from embed_pipeline.stages.training import TrainingConfig, TrainResult
 
 TrainingRunConfig = run_config_for(TrainingConfig, "TrainingRunConfig")
 
@@ -19,12 +20,14 @@ TrainingRunConfig = run_config_for(TrainingConfig, "TrainingRunConfig")
     group_name="training",
     deps=[training_examples],
     kinds={"pytorch"},
+    pool=GPU_POOL,
 )
 def finetuned_model(
     context: dg.AssetExecutionContext,
     config: TrainingRunConfig,
     storage: PipelineStorage,
     base_encoder: BaseEncoder,
+    compute: ComputeTarget,
 ) -> dg.MaterializeResult:
     """The fine-tuned encoder: Hugging Face + sentence-transformers layout, with a model card."""
     corpus = context.partition_key
@@ -32,14 +35,14 @@ def finetuned_model(
     train_path = upstream_file(data, "train.jsonl", "training_examples")
     val_path = data / "val.jsonl"
     out = storage.asset_dir(corpus, "finetuned_model")
-    result = run_finetune(
-        train_path,
-        val_path if val_path.exists() else None,
-        base_encoder.config(),
-        to_stage(config, TrainingConfig),
-        out,
-        logger=context.log,
-    )
+    params = {
+        "train_path": str(train_path),
+        "val_path": str(val_path) if val_path.exists() else None,
+        "encoder": base_encoder.config().model_dump(mode="json"),
+        "config": to_stage(config, TrainingConfig).model_dump(mode="json"),
+        "out_dir": str(out),
+    }
+    result = TrainResult.model_validate(run_stage(context, compute, "finetune", params))
     history = result.history
     steps = [s.model_dump() for s in history.steps]
     epochs = [e.model_dump() for e in history.epochs]
@@ -67,6 +70,7 @@ def finetuned_model(
             "best_epoch": result.best_epoch,
             "best_step": result.best_step if result.best_step is not None else -1,
             "stopped_early": result.stopped_early,
+            "reused": result.reused,  # inputs unchanged: the existing model was kept, not retrained
             "best_val_loss": dg.MetadataValue.float(result.best_val_loss)
             if result.best_val_loss is not None
             else dg.MetadataValue.text("n/a (no validation split)"),
