@@ -8,10 +8,16 @@ test_pipeline.py.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from dagster_graphql import DagsterGraphQLClient
+
+from embed_pipeline_tests.conftest import SAMPLE_DOCS
 
 if TYPE_CHECKING:
     from embed_pipeline_tests.dagster_server import DagsterServer
@@ -29,8 +35,12 @@ ASSETS = {
     "training_examples",
     "finetuned_model",
     "retrieval_metrics",
+    "onnx_model",
+    "tensorrt_engine",
+    "embedding_service",
 }
 RUN_TIMEOUT_S = 180.0
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 ASSET_NODES = """
 {
@@ -189,3 +199,42 @@ def test_sensor_and_schedule_are_served_stopped(dagster_server: DagsterServer):
     [repo] = data["repositoriesOrError"]["nodes"]
     assert {s["name"]: s["sensorState"]["status"] for s in repo["sensors"]}.get("corpus_sensor") == "STOPPED"
     assert {s["name"]: s["scheduleState"]["status"] for s in repo["schedules"]}.get("nightly_refresh") == "STOPPED"
+
+
+def test_cli_backfill_over_several_corpora(dagster_server: DagsterServer):
+    """`dagster job backfill` over two corpora: the daemon runs one run per corpus partition."""
+    import dagster as dg
+
+    second = "tiny2"
+    for rel, text in SAMPLE_DOCS.items():
+        path = dagster_server.corpora_dir / second / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    with dg.DagsterInstance.from_config(str(dagster_server.home)) as instance:
+        instance.add_dynamic_partitions("corpus", [second])
+    env = {
+        **os.environ,
+        "DAGSTER_HOME": str(dagster_server.home),
+        "EMBED_CORPORA_DIR": str(dagster_server.corpora_dir),
+        "EMBED_ARTIFACTS_DIR": str(dagster_server.artifacts_dir),
+    }
+    dagster = Path(sys.executable).parent / "dagster"
+    cmd = [str(dagster), "job", "backfill", "-j", "ingest_job", "-w", str(REPO_ROOT / "workspace.yaml")]
+    cmd += ["--partitions", f"{dagster_server.corpus},{second}", "--noprompt"]
+    done = subprocess.run(cmd, env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+
+    def both_succeeded():
+        with dg.DagsterInstance.from_config(str(dagster_server.home)) as instance:
+            runs = instance.get_runs(dg.RunsFilter(job_name="ingest_job"))
+            by_partition = {r.tags.get("dagster/partition"): r.status for r in runs if r.tags.get("dagster/backfill")}
+        if set(by_partition) >= {dagster_server.corpus, second}:
+            states = {by_partition[dagster_server.corpus], by_partition[second]}
+            if states <= {dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED}:
+                return by_partition
+        return None
+
+    by_partition = _wait_for("the backfill's runs", both_succeeded, dagster_server, timeout=RUN_TIMEOUT_S)
+    assert by_partition[second] == dg.DagsterRunStatus.SUCCESS, dagster_server.log_tails()
+    assert by_partition[dagster_server.corpus] == dg.DagsterRunStatus.SUCCESS, dagster_server.log_tails()
+    assert (dagster_server.artifacts_dir / second / "chunks" / "chunks.jsonl").is_file()

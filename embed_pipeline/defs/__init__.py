@@ -10,7 +10,7 @@ from embed_pipeline.defs.assets.ingest import chunks, documents
 from embed_pipeline.defs.assets.model import finetuned_model
 from embed_pipeline.defs.assets.serving import embedding_service
 from embed_pipeline.defs.assets.synthetic_data import qa_pairs
-from embed_pipeline.defs.jobs import embed_job
+from embed_pipeline.defs.jobs import embed_job, ingest_job
 from embed_pipeline.defs.resources import build_resources
 from embed_pipeline.defs.schedules import SCHEDULES
 from embed_pipeline.defs.sensors import SENSORS
@@ -32,7 +32,7 @@ ASSETS = [
 defs = dg.Definitions(
     assets=ASSETS,
     asset_checks=[tensorrt_parity],
-    jobs=[embed_job],
+    jobs=[embed_job, ingest_job],
     sensors=SENSORS,
     schedules=SCHEDULES,
     resources=build_resources(get_settings()),

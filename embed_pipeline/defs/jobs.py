@@ -10,3 +10,10 @@ embed_job = dg.define_asset_job(
     partitions_def=corpus_partitions,
     description="Documents to measured retrieval gain, for one corpus.",
 )
+
+ingest_job = dg.define_asset_job(
+    "ingest_job",
+    selection=dg.AssetSelection.assets("documents", "chunks"),
+    partitions_def=corpus_partitions,
+    description="Read and chunk a corpus's documents only (seconds, no model): check new corpora before training.",
+)
