@@ -43,6 +43,8 @@ PARITY_THRESHOLDS: dict[str, ParityThreshold] = {
 }
 
 _ADVICE = {
+    "tensorrt-fp16": "The engine's fp16 layers lose too much precision for this model: rebuild it with fp16=False "
+    "(an fp32 engine), or serve the ONNX fp32 export.",
     "fp32": "An fp32 export should match to rounding: re-export this checkpoint, and check that the manifest's "
     "pooling, prefixes and max lengths are the checkpoint's.",
     "int8": "Int8 costs this model too much retrieval quality: serve the fp32 variant on CPU (fp16 on GPU), or "
@@ -111,21 +113,75 @@ def parity_failures(
 ) -> list[str]:
     """Readable reasons the measurements miss ``threshold`` (empty when they meet it)."""
     failures = []
+    advice = _ADVICE.get(variant) or _ADVICE.get(variant.rsplit("-", 1)[-1], "")  # "tensorrt-fp16" -> fp16's
     overall = cosine["all"]
     if threshold.min_cosine is not None and overall.min < threshold.min_cosine:
         worst = min((k for k in cosine if k != "all"), key=lambda k: cosine[k].min)
         failures.append(
             f"{variant}: min cosine to PyTorch {overall.min:.6f} over {overall.n} texts is below "
             f"{threshold.min_cosine} (mean {overall.mean:.6f}; worst kind: {worst}, min {cosine[worst].min:.6f}). "
-            f"{_ADVICE[variant]}"
+            f"{advice}"
         )
     delta = onnx_ndcg - torch_ndcg
     if abs(delta) > threshold.max_ndcg_at_10_delta:
         failures.append(
             f"{variant}: |nDCG@10 delta| {abs(delta):.4f} exceeds {threshold.max_ndcg_at_10_delta} (PyTorch "
-            f"{torch_ndcg:.4f}, ONNX {onnx_ndcg:.4f}). {_ADVICE[variant]}"
+            f"{torch_ndcg:.4f}, ONNX {onnx_ndcg:.4f}). {advice}"
         )
     return failures
+
+
+Encoded = tuple[np.ndarray, np.ndarray, float]  # query vectors, passage vectors, seconds
+
+
+def compare(
+    data: BeirData,
+    ks: list[int],
+    reference: Encoded,
+    candidate: Encoded,
+    variant: str,
+    threshold: ParityThreshold,
+    model_dir: str,
+    candidate_dir: str,
+    providers: list[str],
+    failures: list[str] | None = None,
+) -> ParityReport:
+    """Cosine per text and retrieval metrics of ``candidate`` against ``reference`` (PyTorch), judged by
+    ``threshold``; ``failures`` adds reasons found before encoding (e.g. a manifest contradicting the checkpoint)."""
+    (t_q, t_c, t_s), (o_q, o_c, o_s) = reference, candidate
+    q_cos, c_cos = _cosines(t_q, o_q), _cosines(t_c, o_c)
+    cosine = {"query": _stats(q_cos), "passage": _stats(c_cos), "all": _stats(np.concatenate([q_cos, c_cos]))}
+    torch_metrics, onnx_metrics = _metrics(data, t_q, t_c, ks), _metrics(data, o_q, o_c, ks)
+    deltas = {k: onnx_metrics[k] - torch_metrics[k] for k in torch_metrics}
+    failures = list(failures or [])
+    failures += parity_failures(variant, cosine, torch_metrics["ndcg_at_10"], onnx_metrics["ndcg_at_10"], threshold)
+    n_texts = len(data.queries) + len(data.corpus)
+    return ParityReport(
+        variant=variant,
+        model_dir=model_dir,
+        onnx_dir=candidate_dir,
+        providers=providers,
+        n_queries=len(data.queries),
+        n_passages=len(data.corpus),
+        n_texts=n_texts,
+        cosine=cosine,
+        torch_metrics=torch_metrics,
+        onnx_metrics=onnx_metrics,
+        metric_deltas=deltas,
+        ndcg_at_10_delta=deltas["ndcg_at_10"],
+        torch_seconds=round(t_s, 3),
+        onnx_seconds=round(o_s, 3),
+        torch_texts_per_s=round(n_texts / t_s, 1) if t_s > 0 else 0.0,
+        onnx_texts_per_s=round(n_texts / o_s, 1) if o_s > 0 else 0.0,
+        thresholds=threshold,
+        passed=not failures,
+        failures=failures,
+    )
+
+
+def encode_eval_set(encoder, data: BeirData, batch_size: int | None, log: logging.Logger, name: str) -> Encoded:
+    """Queries ("query" kind) and corpus ("passage" kind) of the eval set, and the seconds it took."""
+    return _encode(encoder, data, batch_size, log, name)
 
 
 def check_parity(
@@ -168,34 +224,11 @@ def check_parity(
     onnx_encoder = OnnxEncoder(Path(onnx_dir), variant=variant, providers=providers)  # type: ignore[arg-type]
     o_q, o_c, o_s = _encode(onnx_encoder, data, batch_size, log, f"ONNX {variant}")
 
-    q_cos, c_cos = _cosines(t_q, o_q), _cosines(t_c, o_c)
-    cosine = {"query": _stats(q_cos), "passage": _stats(c_cos), "all": _stats(np.concatenate([q_cos, c_cos]))}
-    torch_metrics, onnx_metrics = _metrics(data, t_q, t_c, ks), _metrics(data, o_q, o_c, ks)
-    deltas = {k: onnx_metrics[k] - torch_metrics[k] for k in torch_metrics}
-    threshold = PARITY_THRESHOLDS[variant]
-    failures += parity_failures(variant, cosine, torch_metrics["ndcg_at_10"], onnx_metrics["ndcg_at_10"], threshold)
-    n_texts = len(data.queries) + len(data.corpus)
-    report = ParityReport(
-        variant=variant,
-        model_dir=str(model_dir),
-        onnx_dir=str(onnx_dir),
-        providers=onnx_encoder.providers,
-        n_queries=len(data.queries),
-        n_passages=len(data.corpus),
-        n_texts=n_texts,
-        cosine=cosine,
-        torch_metrics=torch_metrics,
-        onnx_metrics=onnx_metrics,
-        metric_deltas=deltas,
-        ndcg_at_10_delta=deltas["ndcg_at_10"],
-        torch_seconds=round(t_s, 3),
-        onnx_seconds=round(o_s, 3),
-        torch_texts_per_s=round(n_texts / t_s, 1) if t_s > 0 else 0.0,
-        onnx_texts_per_s=round(n_texts / o_s, 1) if o_s > 0 else 0.0,
-        thresholds=threshold,
-        passed=not failures,
-        failures=failures,
-    )
+    report = compare(
+        data, ks, (t_q, t_c, t_s), (o_q, o_c, o_s), variant, PARITY_THRESHOLDS[variant],
+        str(model_dir), str(onnx_dir), onnx_encoder.providers, failures,
+    )  # fmt: skip
+    cosine, failures = report.cosine, report.failures
     log.info(
         f"parity {variant}: min cosine {cosine['all'].min:.6f}, nDCG@10 delta {report.ndcg_at_10_delta:+.4f}, "
         f"{'passed' if report.passed else 'FAILED: ' + ' | '.join(failures)}"

@@ -241,6 +241,29 @@ class TrainResult(BaseModel):
     resumed_from_step: int | None = Field(None, description="The step a saved training state was resumed from.")
     reused: bool = Field(False, description="True when the inputs were unchanged and the existing model was kept.")
 
+    @classmethod
+    def from_history(cls, out_dir: Path, history: TrainingHistory, **extra) -> TrainResult:
+        """The summary of a finished run's history (``extra``: resumed_from_step, reused)."""
+        assert history.best_epoch is not None and history.epochs, "a finished run has a kept epoch"
+        return cls(
+            out_dir=out_dir,
+            num_train_rows=history.train_data.rows,
+            num_val_rows=history.val_data.rows if history.val_data else 0,
+            batch_size=history.batch_size,
+            steps=history.steps[-1].step if history.steps else 0,
+            best_epoch=history.best_epoch,
+            best_val_loss=history.best_val_loss,
+            final_train_loss=history.epochs[-1].train_loss,
+            history=history,
+            seconds=history.seconds,
+            examples_per_s=history.examples_per_s,
+            best_step=history.best_step,
+            local_batch_size=history.local_batch_size,
+            grad_cache=history.grad_cache,
+            stopped_early=history.stopped_early,
+            **extra,
+        )
+
 
 # --------------------------------------------------------------------------------------------------- data
 

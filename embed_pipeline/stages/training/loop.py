@@ -216,24 +216,7 @@ def reusable_result(out_dir: Path, fingerprint: str, log: logging.Logger) -> Tra
         "Training inputs unchanged since %s was trained (fingerprint %s): reusing it, no training "
         "(reuse_unchanged=False retrains).", out_dir, fingerprint[:12],
     )  # fmt: skip
-    return TrainResult(
-        out_dir=out_dir,
-        num_train_rows=history.train_data.rows,
-        num_val_rows=history.val_data.rows if history.val_data else 0,
-        batch_size=history.batch_size,
-        steps=history.steps[-1].step if history.steps else 0,
-        best_epoch=history.best_epoch,
-        best_val_loss=history.best_val_loss,
-        final_train_loss=history.epochs[-1].train_loss,
-        history=history,
-        seconds=history.seconds,
-        examples_per_s=history.examples_per_s,
-        best_step=history.best_step,
-        local_batch_size=history.local_batch_size,
-        grad_cache=history.grad_cache,
-        stopped_early=history.stopped_early,
-        reused=True,
-    )
+    return TrainResult.from_history(out_dir, history, reused=True)
 
 
 def _quiet_unless_main(log: logging.Logger, dist: Dist) -> logging.Logger:
@@ -457,22 +440,4 @@ def _finetune(
         shutil.rmtree(state_dir, ignore_errors=True)  # finished: nothing to resume
     dist.barrier()  # the output folder is complete before any process returns
     log.info("Saved step %d (epoch %d) to %s (%s).", history.best_step, history.best_epoch, out_dir, history.selection)
-    assert history.best_epoch is not None
-    return TrainResult(
-        out_dir=out_dir,
-        num_train_rows=len(train_rows),
-        num_val_rows=len(val_rows),
-        batch_size=batch_size,
-        steps=loop.step,
-        best_epoch=history.best_epoch,
-        best_val_loss=history.best_val_loss,
-        final_train_loss=history.epochs[-1].train_loss,
-        history=history,
-        seconds=history.seconds,
-        examples_per_s=history.examples_per_s,
-        best_step=history.best_step,
-        local_batch_size=plan.local_batch_size,
-        grad_cache=plan.grad_cache,
-        stopped_early=history.stopped_early,
-        resumed_from_step=resumed_from,
-    )
+    return TrainResult.from_history(out_dir, history, resumed_from_step=resumed_from)
