@@ -79,3 +79,15 @@ def test_single_process_dist_is_the_identity() -> None:
     d = Dist()
     x = torch.randn(3, 4, requires_grad=True)
     assert d.gather_rows(x, [3]) is x and d.sum(2.5, torch.device("cpu")) == 2.5 and d.gather_objects(1) == [1]
+
+
+@pytest.mark.parametrize(
+    "content", ["", "{not json", '{"encoder": {}}', '{"encoder": {}, "training": {"temperature": -1}}']
+)
+def test_bad_config_file_is_a_clear_error(tmp_path: Path, content: str) -> None:
+    from embed_pipeline.stages.training.launch import read_config_file
+
+    path = tmp_path / "config.json"
+    path.write_text(content, encoding="utf-8")
+    with pytest.raises(ValueError, match=r"(?s)Could not read the training config file .*config\.json.*'encoder'"):
+        read_config_file(path)

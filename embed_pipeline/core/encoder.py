@@ -7,6 +7,7 @@ restores the caller's order.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Literal
 
 import numpy as np
@@ -66,6 +67,23 @@ def token_budget_batches(order: np.ndarray, lengths: list[int], max_texts: int, 
         batches.append(order[start : start + size])
         start += size
     return batches
+
+
+def encode_unique(texts: list[str], dimension: int, fill: Callable[[list[str], np.ndarray], None]) -> np.ndarray:
+    """[len(texts), dimension] float32 in the caller's order, with each distinct text encoded once.
+
+    ``fill(unique, out)`` writes the vectors of the distinct texts (first-seen order) into ``out``; every encoder
+    (PyTorch, ONNX Runtime, TensorRT) shares this wrapper and differs only in how it fills.
+    """
+    if not texts:
+        return np.zeros((0, dimension), dtype=np.float32)
+    unique = list(dict.fromkeys(texts))
+    out = np.empty((len(unique), dimension), dtype=np.float32)
+    fill(unique, out)
+    if len(unique) == len(texts):
+        return out
+    row = {t: i for i, t in enumerate(unique)}
+    return out[[row[t] for t in texts]]
 
 
 class Encoder:
@@ -150,19 +168,17 @@ class Encoder:
         label: str | None = None,
     ) -> np.ndarray:
         """Encode texts to a float32 array [N, D], in the caller's order; identical texts are encoded once."""
-        if not texts:
-            return np.zeros((0, self.dimension), dtype=np.float32)
-        unique = list(dict.fromkeys(texts))
-        out = np.empty((len(unique), self.dimension), dtype=np.float32)
         was_training = self.model.training
         self.model.eval()
-        progress = Progress(label or f"encode {kind}s", len(unique), logger, unit="texts")
-        for idx in self.batches(unique, kind, max_texts=batch_size):
-            emb = self.embed(self.tokenize([unique[i] for i in idx], kind))
-            out[idx] = emb.float().cpu().numpy()
-            progress.update(len(idx))
-        self.model.train(was_training)
-        if len(unique) == len(texts):
-            return out
-        row = {t: i for i, t in enumerate(unique)}
-        return out[[row[t] for t in texts]]
+
+        def fill(unique: list[str], out: np.ndarray) -> None:
+            progress = Progress(label or f"encode {kind}s", len(unique), logger, unit="texts")
+            for idx in self.batches(unique, kind, max_texts=batch_size):
+                emb = self.embed(self.tokenize([unique[i] for i in idx], kind))
+                out[idx] = emb.float().cpu().numpy()
+                progress.update(len(idx))
+
+        try:
+            return encode_unique(texts, self.dimension, fill)
+        finally:
+            self.model.train(was_training)

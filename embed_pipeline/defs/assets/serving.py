@@ -5,6 +5,7 @@ import os
 
 import dagster as dg
 
+from embed_pipeline.core.artifacts import write_text
 from embed_pipeline.defs.assets.datasets import eval_set
 from embed_pipeline.defs.assets.evaluation import retrieval_metrics
 from embed_pipeline.defs.assets.export import onnx_model
@@ -13,7 +14,7 @@ from embed_pipeline.defs.metadata import path_value, upstream_file
 from embed_pipeline.defs.partitions import corpus_partitions
 from embed_pipeline.defs.resources import PipelineStorage, ServingTarget
 from embed_pipeline.stages.serving.endpoint_check import DriftTolerance, check_endpoint
-from embed_pipeline.stages.serving.local_service import LocalServiceManager
+from embed_pipeline.stages.serving.local_service import SERVICE_FILE, LocalServiceManager
 from embed_pipeline.stages.serving.nim_container import NimDeployConfig, deploy_nim
 from embed_pipeline.stages.serving.service import ServiceInfo
 
@@ -33,8 +34,7 @@ def _deploy(corpus: str, serving: ServingTarget, storage: PipelineStorage, log) 
             ready_timeout_s=serving.ready_timeout_s,
         )
         info = deploy_nim(model_dir, nim)
-        state_dir.mkdir(parents=True, exist_ok=True)
-        (state_dir / "service.json").write_text(info.model_dump_json(indent=2) + "\n", encoding="utf-8")
+        write_text(state_dir / SERVICE_FILE, info.model_dump_json(indent=2) + "\n")  # atomic, like the local one
         return info
     onnx_dir = storage.asset_dir(corpus, "onnx_model")
     log.info(f"deploying {onnx_dir} ({serving.variant}) as a local service")
@@ -101,7 +101,7 @@ def embedding_service(
         "auth": info.auth,
         "ready_after_s": round(info.ready_after_s, 2),
         "started_at": info.started_at,
-        "service_file": path_value(storage.asset_dir(corpus, "embedding_service") / "service.json"),
+        "service_file": path_value(storage.asset_dir(corpus, "embedding_service") / SERVICE_FILE),
     }
     if info.pid is not None:
         service_meta["pid"] = info.pid

@@ -199,9 +199,27 @@ def check_parity(
     Both sides use the export's encoder settings (prefixes, max lengths, pooling); a manifest whose pooling,
     normalisation or prefixes differ from the checkpoint's trained ones is reported as a failure too.
     """
+    reports = check_parity_variants(
+        model_dir, onnx_dir, eval_set_dir, [variant], k_values, logger, batch_size, providers
+    )
+    return reports[variant]
+
+
+def check_parity_variants(
+    model_dir: Path,
+    onnx_dir: Path,
+    eval_set_dir: Path,
+    variants: list[str],
+    k_values: list[int] | None = None,
+    logger: logging.Logger | None = None,
+    batch_size: int | None = None,
+    providers: list[str] | None = None,
+) -> dict[str, ParityReport]:
+    """:func:`check_parity` for several variants, encoding the eval set with the checkpoint once for all."""
     log = logger or _log
-    if variant not in PARITY_THRESHOLDS:
-        raise ValueError(f"Unknown variant {variant!r}: use one of {sorted(PARITY_THRESHOLDS)}.")
+    unknown = [v for v in variants if v not in PARITY_THRESHOLDS]
+    if unknown:
+        raise ValueError(f"Unknown variant {unknown[0]!r}: use one of {sorted(PARITY_THRESHOLDS)}.")
     ks = sorted({int(k) for k in (k_values or [1, 5, 10, 100])} | {10})
     data = load_beir(Path(eval_set_dir))
     manifest = read_manifest(Path(onnx_dir))
@@ -216,21 +234,23 @@ def check_parity(
                     f"{getattr(trained, field)!r}: re-export {model_dir} without overriding its encoder config."
                 )
 
-    log.info(f"parity {variant}: {len(data.queries)} queries, {len(data.corpus)} passages")
+    log.info(f"parity {', '.join(variants)}: {len(data.queries)} queries, {len(data.corpus)} passages")
     torch_encoder = Encoder(config)
-    t_q, t_c, t_s = _encode(torch_encoder, data, batch_size, log, "PyTorch")
+    reference = _encode(torch_encoder, data, batch_size, log, "PyTorch")
     del torch_encoder
     gc.collect()
-    onnx_encoder = OnnxEncoder(Path(onnx_dir), variant=variant, providers=providers)  # type: ignore[arg-type]
-    o_q, o_c, o_s = _encode(onnx_encoder, data, batch_size, log, f"ONNX {variant}")
-
-    report = compare(
-        data, ks, (t_q, t_c, t_s), (o_q, o_c, o_s), variant, PARITY_THRESHOLDS[variant],
-        str(model_dir), str(onnx_dir), onnx_encoder.providers, failures,
-    )  # fmt: skip
-    cosine, failures = report.cosine, report.failures
-    log.info(
-        f"parity {variant}: min cosine {cosine['all'].min:.6f}, nDCG@10 delta {report.ndcg_at_10_delta:+.4f}, "
-        f"{'passed' if report.passed else 'FAILED: ' + ' | '.join(failures)}"
-    )
-    return report
+    reports: dict[str, ParityReport] = {}
+    for variant in variants:
+        onnx_encoder = OnnxEncoder(Path(onnx_dir), variant=variant, providers=providers)  # type: ignore[arg-type]
+        candidate = _encode(onnx_encoder, data, batch_size, log, f"ONNX {variant}")
+        report = compare(
+            data, ks, reference, candidate, variant, PARITY_THRESHOLDS[variant],
+            str(model_dir), str(onnx_dir), onnx_encoder.providers, failures,
+        )  # fmt: skip
+        del onnx_encoder
+        log.info(
+            f"parity {variant}: min cosine {report.cosine['all'].min:.6f}, nDCG@10 delta "
+            f"{report.ndcg_at_10_delta:+.4f}, {'passed' if report.passed else 'FAILED: ' + ' | '.join(report.failures)}"
+        )
+        reports[variant] = report
+    return reports

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from embed_pipeline.core.encoder import EncoderConfig, TextKind, token_budget_batches
+from embed_pipeline.core.encoder import EncoderConfig, TextKind, encode_unique, token_budget_batches
 from embed_pipeline.core.progress import Progress
 from embed_pipeline.core.settings import offline_env
 from embed_pipeline.stages.export.manifest import OnnxManifest
@@ -85,21 +85,17 @@ class TokenizedEncoder:
         label: str | None = None,
     ) -> np.ndarray:
         """Encode texts to a float32 array [N, D], in the caller's order; identical texts are encoded once."""
-        if not texts:
-            return np.zeros((0, self.dimension), dtype=np.float32)
-        unique = list(dict.fromkeys(texts))
-        ids = self.token_ids(unique, kind)
-        lengths = [len(x) for x in ids]
-        order = np.argsort([-n for n in lengths], kind="stable")
-        max_texts = batch_size or self.config.batch_size
-        if self.max_batch:
-            max_texts = min(max_texts, self.max_batch)
-        out = np.empty((len(unique), self.dimension), dtype=np.float32)
-        progress = Progress(label or f"encode {kind}s", len(unique), logger, unit="texts")
-        for idx in token_budget_batches(order, lengths, max_texts, self.config.max_batch_tokens):
-            out[idx] = self.run(self.pad([ids[i] for i in idx]))
-            progress.update(len(idx))
-        if len(unique) == len(texts):
-            return out
-        row = {t: i for i, t in enumerate(unique)}
-        return out[[row[t] for t in texts]]
+
+        def fill(unique: list[str], out: np.ndarray) -> None:
+            ids = self.token_ids(unique, kind)
+            lengths = [len(x) for x in ids]
+            order = np.argsort([-n for n in lengths], kind="stable")
+            max_texts = batch_size or self.config.batch_size
+            if self.max_batch:
+                max_texts = min(max_texts, self.max_batch)
+            progress = Progress(label or f"encode {kind}s", len(unique), logger, unit="texts")
+            for idx in token_budget_batches(order, lengths, max_texts, self.config.max_batch_tokens):
+                out[idx] = self.run(self.pad([ids[i] for i in idx]))
+                progress.update(len(idx))
+
+        return encode_unique(texts, self.dimension, fill)
