@@ -47,7 +47,16 @@ def test_beir_layout_round_trip(tmp_path):
     assert data.corpus["a_0000"] == "One. Three."  # the cloze sentence is not in its positive
     assert data.qrels == {"q1": {"a_0000": 1}, "q2": {"b_0000": 1}}
     lines = (tmp_path / "eval" / "queries.jsonl").read_text().splitlines()
-    assert json.loads(lines[0]) == {"_id": "q1", "text": "Two is here."}
+    # Each query carries the fields retrieval_metrics slices by; BEIR's readers ignore them.
+    assert json.loads(lines[0]) == {
+        "_id": "q1",
+        "text": "Two is here.",
+        "query_type": "inverse_cloze",
+        "reasoning_type": None,
+        "hop_count": 1,
+        "generator": "t",
+    }
+    assert data.query_info["q2"]["query_type"] == "keyword"
 
 
 def test_missing_positive_is_a_clear_error(tmp_path):

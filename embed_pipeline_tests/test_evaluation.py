@@ -344,11 +344,24 @@ def test_run_retrieval_metrics_end_to_end(tmp_path: Path, tiny_model_dir: Path) 
     assert saved["base"] == result.base and saved["finetuned"] == result.finetuned
     assert (saved["num_queries"], saved["num_corpus"], saved["k_values"]) == (3, 5, K_VALUES)
     assert set(saved["seconds"]) == {"base", "finetuned"}
-    table = (out / "table.md").read_text()
-    assert table == result.table
+    table = result.table
     assert len(table.strip().splitlines()) == 2 + 4 * len(K_VALUES)
     for label in ("nDCG@1", "Recall@5", "Precision@10", "MAP@100"):
         assert f"| {label} |" in table
+    assert "95% CI of Δ | excludes 0 |" in table.splitlines()[0]
+    # Every metric's change has its interval, consistent with the point change.
+    assert set(result.intervals) == expected_keys
+    for key, ci in result.intervals.items():
+        assert ci.n == 3 and ci.low <= ci.delta <= ci.high, key
+        assert ci.delta == pytest.approx(result.finetuned[key] - result.base[key])
+    assert saved["intervals"]["ndcg_at_10"]["low"] == result.intervals["ndcg_at_10"].low
+    assert result.gate.outcome in ("pass", "warn", "block")
+    assert any("Only 3 synthetic test queries" in w for w in result.warnings)
+    report = (out / "table.md").read_text()
+    assert report == result.report() and table in report and "Gate:" in report
+    per_query = json.loads((out / "per_query.json").read_text())
+    assert set(per_query["synthetic"]) == {"q1", "q2", "q3"} and per_query["real"] is None
+    assert per_query["synthetic"]["q1"]["base"]["ndcg_at_10"] >= 0.0
     assert not [p for p in out.iterdir() if p.name.startswith(".")], "no temporary files left behind"
 
 

@@ -32,6 +32,7 @@ from embed_pipeline.stages.export.onnx_variants import graph_nodes
 from embed_pipeline.stages.export.parity import (
     PARITY_THRESHOLDS,
     CosineStats,
+    ParityReport,
     check_parity,
     parity_failures,
 )
@@ -312,3 +313,69 @@ def test_parity_failure_messages() -> None:
     assert len(failures) == 1 and "0.930000" in failures[0] and "worst kind: passage" in failures[0]
     with pytest.raises(ValueError, match="Unknown variant 'int4'"):
         check_parity(Path("m"), Path("o"), Path("e"), "int4")
+
+
+def test_parity_reports_the_interval_of_the_change(exported, trained_dir: Path, eval_set: Path) -> None:
+    report = check_parity(trained_dir, exported.out_dir, eval_set, "int8")
+    low, high = report.ndcg_at_10_delta_ci95
+    assert low <= report.ndcg_at_10_delta <= high
+
+
+def _failing(report: ParityReport) -> ParityReport:
+    return report.model_copy(update={"passed": False, "failures": ["int8: |nDCG@10 delta| 0.0167 exceeds 0.01"]})
+
+
+@pytest.mark.parametrize("served", ["fp32", "int8"])
+def test_a_failing_variant_is_dropped_unless_served(
+    exported, trained_dir: Path, eval_set: Path, tmp_path: Path, monkeypatch, served: str
+) -> None:
+    """int8 failing its gate: dropped (file and manifest entry) when fp32 is served; kept, to block, when served."""
+    import logging
+
+    from embed_pipeline.stages import stage_runners
+    from embed_pipeline.stages.export import parity as parity_module
+
+    out = tmp_path / "onnx_model"
+
+    def fake_export(model_dir, out_dir, config, logger=None):
+        shutil.copytree(exported.out_dir, out_dir)
+        return exported.model_copy(update={"out_dir": out_dir})
+
+    real_check = parity_module.check_parity_variants
+
+    def int8_fails(*args, **kwargs):
+        reports = real_check(*args, **kwargs)
+        return {v: _failing(r) if v == "int8" else r for v, r in reports.items()}
+
+    monkeypatch.setattr(onnx_export, "export_onnx", fake_export)
+    monkeypatch.setattr(parity_module, "check_parity_variants", int8_fails)
+    params = {
+        "model_dir": str(trained_dir), "eval_dir": str(eval_set), "out_dir": str(out), "config": {},
+        "parity_path": str(tmp_path / "parity.json"), "served_variant": served,
+    }  # fmt: skip
+    done = stage_runners.onnx_export(params, logging.getLogger("test"))
+    manifest = json.loads((out / "manifest.json").read_text())
+    if served == "fp32":
+        assert done["dropped"] == {"int8": "int8: |nDCG@10 delta| 0.0167 exceeds 0.01"}
+        assert "int8" not in manifest["variants"] and manifest["dropped_variants"] == done["dropped"]
+        assert not (out / "model.int8.onnx").exists() and (out / manifest["variants"]["fp32"]).exists()
+        with pytest.raises(FileNotFoundError, match="variant 'int8' was not exported"):
+            OnnxEncoder(out, variant="int8")
+        OnnxEncoder(out, variant="fp16")  # the other variants still load
+    else:  # the served variant is never dropped: its failure is for the blocking check to stop the deployment
+        assert done["dropped"] == {} and "int8" in manifest["variants"] and (out / "model.int8.onnx").exists()
+    assert not done["parity"]["int8"]["passed"]
+
+
+def test_parity_checks_block_only_what_is_served(exported, trained_dir: Path, eval_set: Path) -> None:
+    import dagster as dg
+
+    from embed_pipeline.defs.assets.export import _parity_check, parity_table
+
+    report = _failing(check_parity(trained_dir, exported.out_dir, eval_set, "int8"))
+    dropped = _parity_check("int8", {"int8": report}, {"int8": "int8: too far"})
+    assert not dropped.passed and dropped.severity == dg.AssetCheckSeverity.WARN  # does not block the deployment
+    assert dropped.description.startswith("Failed and dropped from the export (not served): int8: too far")
+    served = _parity_check("int8", {"int8": report}, {})
+    assert not served.passed and served.severity == dg.AssetCheckSeverity.ERROR  # blocks
+    assert "no: **dropped**" in parity_table({"int8": report}, {"int8": "x"})

@@ -155,3 +155,19 @@ def test_write_training_examples(corpus, tiny_model_dir: Path, tmp_path: Path):
     assert (tmp_path / "train.jsonl").exists() and (tmp_path / "val.jsonl").exists()
     assert manifest["splits"]["train"]["rows"] == 1
     assert np.isfinite(manifest["splits"]["train"]["mean_positive_score"])
+
+
+def test_same_document_negatives_can_be_excluded_and_documents_are_recorded(corpus, tiny_model_dir: Path):
+    encoder = Encoder(EncoderConfig(model=str(tiny_model_dir), query_prefix="", passage_prefix=""))
+    pair = QAPair(
+        query_id="s", query="sqlite commit", positive_chunk_ids=["d2_0000"], doc_ids=["d2"], query_type="keyword",
+        quality_score=9, generator="t",
+    )  # fmt: skip
+    keep_all = {"hard_negatives_to_mine": 30, "margin_type": "abs", "hard_neg_margin": -10.0}
+    default = mine_hard_negatives({"train": [pair]}, corpus, set(), encoder, MiningConfig(**keep_all))
+    [row] = default.examples["train"]
+    assert {"d2_0001", "d2_0002"} <= set(row.negative_ids)  # by default its own document's passages are negatives
+    assert row.positive_doc_id == "d2" and row.negative_doc_ids == [n.split("_")[0] for n in row.negative_ids]
+    strict = MiningConfig(**keep_all, exclude_same_document=True)
+    [row] = mine_hard_negatives({"train": [pair]}, corpus, set(), encoder, strict).examples["train"]
+    assert "d2" not in row.negative_doc_ids and len(row.negative_ids) == len(corpus) - 3

@@ -64,7 +64,8 @@ def test_all_assets_materialize_in_process(tmp_path: Path, sample_corpus: Path, 
             "ops": {
                 "finetuned_model": {"config": {"num_epochs": 2, "learning_rate": 1e-3}},
                 "qa_splits": {"config": {"quality_threshold": 0.0}},
-                "retrieval_metrics": {"config": {"regression_tolerance": 1.0}},
+                # A tiny random model may lose significantly: the gate then warns instead of blocking the export.
+                "retrieval_metrics": {"config": {"block_on_regression": False}},
             }
         },
     )
@@ -83,13 +84,25 @@ def test_all_assets_materialize_in_process(tmp_path: Path, sample_corpus: Path, 
             for k in (1, 5, 10, 100):
                 value = metrics[f"{who}_{metric}_at_{k}"].value
                 assert 0.0 <= value <= 1.0
-    assert "| nDCG@10 |" in metrics["metrics_table"].value or "nDCG" in metrics["metrics_table"].value
+    assert "| nDCG@10 |" in metrics["metrics_table"].value and "95% CI of Δ" in metrics["metrics_table"].value
+    for key in ("ndcg", "recall", "precision", "map"):
+        low, high = metrics[f"{key}_at_10_delta_ci95_low"].value, metrics[f"{key}_at_10_delta_ci95_high"].value
+        assert low <= metrics[f"{key}_at_10_delta"].value <= high
+    assert "query_type" in metrics["metrics_by_query_kind"].value  # cloze and keyword queries, sliced
 
-    checks = {c.check_name: c.passed for c in result.get_asset_check_evaluations()}
-    assert checks == {
+    evaluations = {c.check_name: c for c in result.get_asset_check_evaluations()}
+    checks = {name: c.passed for name, c in evaluations.items()}
+    gate = evaluations.pop("finetuned_not_worse_than_base")
+    outcome = gate.metadata["outcome"].value
+    assert outcome in ("pass", "warn", "block")
+    # A pass passes; a warning (or a loss turned into one by block_on_regression=False) does not block: the export
+    # and the deployment below ran all the same.
+    assert gate.passed == (outcome == "pass")
+    assert gate.severity == (dg.AssetCheckSeverity.ERROR if outcome == "pass" else dg.AssetCheckSeverity.WARN)
+    assert gate.description and "nDCG@10" in gate.description
+    assert {n: c for n, c in checks.items() if n != "finetuned_not_worse_than_base"} == {
         "no_document_in_two_splits": True,
         "no_test_passages_in_training": True,
-        "finetuned_not_worse_than_base": True,
         "onnx_fp32_parity": True,
         "onnx_int8_parity": True,
         "endpoint_matches_checkpoint": True,
@@ -138,7 +151,15 @@ def test_cli_corpus_add_and_dagster_materialize(
         "EMBED_CORPORA_DIR": str(tmp_path / "corpora"),
         "EMBED_ARTIFACTS_DIR": str(tmp_path / "artifacts"),
         "EMBED_BASE_MODEL": str(tiny_model_dir),
+        "EMBED_EVAL_QUERIES": str(tmp_path / "real_queries.jsonl"),
     }
+    # A user's own queries: one by document path, one by passage text; a broken line is skipped and reported.
+    (tmp_path / "real_queries.jsonl").write_text(
+        '{"query": "how do I pop the smallest item", "positive": "heapq.md"}\n'
+        "not json\n"
+        '{"query": "placeholders bind values", "positive": "Placeholders bind values to queries"}\n',
+        encoding="utf-8",
+    )
     bin_dir = Path(sys.executable).parent
     cli = [str(bin_dir / "embed-pipeline")]
 
@@ -181,6 +202,10 @@ def test_cli_corpus_add_and_dagster_materialize(
     assert event is not None
     md = event.asset_materialization.metadata
     assert "base_ndcg_at_10" in md and "finetuned_ndcg_at_10" in md
+    assert md["real_num_queries"].value == 2 and md["real_records_skipped"].value == 1
+    assert 0.0 <= md["real_base_ndcg_at_10"].value <= 1.0 and "real_finetuned_ndcg_at_10" in md
+    assert md["real_ndcg_at_10_delta_ci95_low"].value <= md["real_ndcg_at_10_delta_ci95_high"].value
+    assert "real_queries.jsonl:2: not valid JSON" in md["real_skipped_examples"].value
     assert event.asset_materialization.partition == "docs"
 
     report = subprocess.run([*cli, "report", "docs"], env=env, capture_output=True, text=True, check=True)

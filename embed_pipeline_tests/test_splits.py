@@ -23,7 +23,7 @@ DOCS = [f"doc{i:03d}.md" for i in range(200)]
 
 def test_no_document_in_two_splits_and_ratios_roughly_hold():
     pairs = [pair(f"{d}-q{j}", [d]) for d in DOCS for j in range(3)]
-    result = split_pairs(pairs, DOCS, SplitConfig())
+    result = split_pairs(pairs, DOCS, SplitConfig(min_test_queries=0))
     seen: dict[str, str] = {}
     for split, split_pairs_ in result.pairs.items():
         for p in split_pairs_:
@@ -45,7 +45,8 @@ def test_pair_spanning_documents_of_different_splits_is_dropped():
     splits = assign_documents(DOCS, [0.8, 0.1, 0.1], 42)
     train_doc = next(d for d, s in splits.items() if s == "train")
     test_doc = next(d for d, s in splits.items() if s == "test")
-    result = split_pairs([pair("x", [train_doc, test_doc]), pair("y", [train_doc])], DOCS, SplitConfig())
+    config = SplitConfig(min_test_queries=0)
+    result = split_pairs([pair("x", [train_doc, test_doc]), pair("y", [train_doc])], DOCS, config)
     assert result.num_cross_split == 1
     assert [p.query_id for p in result.pairs["train"]] == ["y"]
 
@@ -64,7 +65,24 @@ def test_small_corpus_uses_small_data_ratios_and_every_split_gets_a_document():
     values = list(result.doc_splits.values())
     assert "test" in values and "train" in values and "val" not in values
     assert any("Small corpus" in w for w in result.warnings)
-    assert any("test queries" in w for w in result.warnings)  # < 50 test queries
+    assert any("test queries" in w for w in result.warnings)  # < 100 test queries
+
+
+def test_test_split_grows_to_min_test_queries_with_training_documents():
+    docs = DOCS[:40]
+    pairs = [pair(f"{d}-q{j}", [d]) for d in docs for j in range(20)]  # 20 queries per document
+    plain = split_pairs(pairs, docs, SplitConfig(min_test_queries=0))
+    grown = split_pairs(pairs, docs, SplitConfig(min_test_queries=200))
+    assert len(plain.pairs["test"]) < 200 <= len(grown.pairs["test"]) < 200 + 20  # just enough documents moved
+    moved = grown.grown_test_documents
+    assert moved and all(plain.doc_splits[d] == "train" and grown.doc_splits[d] == "test" for d in moved)
+    assert {d for d, s in plain.doc_splits.items() if s != "train"} <= {
+        d for d, s in grown.doc_splits.items() if s != "train"
+    }  # val and test documents stay where they were
+    assert any("took" in w and "min_test_queries 200" in w for w in grown.warnings)
+    # Capped at max_test_ratio of the documents, and training always keeps documents.
+    capped = split_pairs(pairs, docs, SplitConfig(min_test_queries=10_000, max_test_ratio=0.3))
+    assert sum(s == "test" for s in capped.doc_splits.values()) == 12 and capped.pairs["train"]
 
 
 def test_ratios_must_sum_to_one():

@@ -334,13 +334,14 @@ def test_lr_warmup_ratio_and_decay() -> None:
 
 
 def test_local_batch_choice() -> None:
-    auto = choose_local_batch(128, TrainingConfig())  # unset: one pass, the fastest step
+    auto = choose_local_batch(128, TrainingConfig(local_batch_size=None))  # unset: one pass, the fastest step
     assert (auto.local_batch_size, auto.grad_cache) == (128, False) and "one forward/backward pass" in auto.reason
-    cached = choose_local_batch(128, TrainingConfig(local_batch_size=32))
+    cached = choose_local_batch(128, TrainingConfig())  # the default: memory-bounded 32-row passes, exact GradCache
     assert (cached.local_batch_size, cached.grad_cache) == (32, True) and "GradCache" in cached.reason
     small = choose_local_batch(8, TrainingConfig())
     assert (small.local_batch_size, small.grad_cache) == (8, False) and "one forward/backward pass" in small.reason
-    plain = choose_local_batch(128, TrainingConfig(grad_cache=False))  # unset + no GradCache: never narrow negatives
+    # unset + no GradCache: never narrow negatives
+    plain = choose_local_batch(128, TrainingConfig(grad_cache=False, local_batch_size=None))
     assert (plain.local_batch_size, plain.grad_cache) == (128, False)
     narrow = choose_local_batch(128, TrainingConfig(grad_cache=False, local_batch_size=16))
     assert (narrow.local_batch_size, narrow.grad_cache) == (
@@ -469,7 +470,7 @@ def test_eval_steps_keep_the_best_step(tiny_model_dir: Path, data_dir: Path, tmp
     assert torch.equal(saved_embeddings(tmp_path), seen[4])  # the weights validated at step 6
     assert "step 6, epoch 2" in result.history.selection
     card = (tmp_path / "README.md").read_text()
-    assert "| validation | every epoch and every 2 steps |" in card and "| 6 | 2 | 1.7000 | yes |" in card
+    assert "| validation | every epoch and every 2 steps |" in card and "| 6 | 2 | 1.7000 | n/a | yes |" in card
 
 
 def test_early_stopping(tiny_model_dir: Path, data_dir: Path, tmp_path: Path, monkeypatch, caplog) -> None:
@@ -489,3 +490,20 @@ def test_early_stopping(tiny_model_dir: Path, data_dir: Path, tmp_path: Path, mo
     assert any("Early stopping" in r.message for r in caplog.records)
     assert torch.equal(saved_embeddings(tmp_path), seen[2])
     assert "2 (stopped early)" in (tmp_path / "README.md").read_text()
+
+
+def test_same_document_in_batch_negatives_can_be_masked() -> None:
+    rows = make_rows(WORDS[:3])
+    rows = [
+        r.model_copy(update={"positive_doc_id": doc, "negative_doc_ids": ["x"] * len(r.negative_ids)})
+        for r, doc in zip(rows, ["a", "a", "b"], strict=True)
+    ]
+    open_batch = make_batch(rows, 2, {}, True)
+    masked = make_batch(rows, 2, {}, True, same_document_in_batch=False)
+    # Rows 0 and 1 share document "a": each one's positive is masked from the other's negatives, nothing else.
+    assert set(masked.excluded[0]) - set(open_batch.excluded[0]) == {masked.positive_col[1]}
+    assert set(masked.excluded[1]) - set(open_batch.excluded[1]) == {masked.positive_col[0]}
+    assert masked.excluded[2] == open_batch.excluded[2]
+    # Rows written before documents were recorded are never masked.
+    legacy = make_batch(make_rows(WORDS[:3]), 2, {}, True, same_document_in_batch=False)
+    assert legacy.excluded == open_batch.excluded

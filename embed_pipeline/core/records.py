@@ -70,6 +70,8 @@ class TrainingExample(BaseModel):
     negatives: list[str]
     positive_score: float = Field(description="Base-model cosine of query and positive.")
     negative_scores: list[float]
+    positive_doc_id: str | None = Field(None, description="Document of the positive (None in older files).")
+    negative_doc_ids: list[str] | None = Field(None, description="Documents of the negatives, in order.")
 
 
 def duplicate_ids(ids: Iterable[str]) -> list[str]:

@@ -42,6 +42,11 @@ class Settings(BaseSettings):
     import_path: str | None = Field(
         None, description="Pairs to import when sdg_generator is 'import' (recipe SDG output, JSONL or BEIR)."
     )
+    eval_queries: str | None = Field(
+        None,
+        description="Your real queries for retrieval_metrics (evaluation only): a JSONL file of {query, positive} "
+        "lines (positive: a document path relative to the corpus root, or a passage text) or a BEIR folder.",
+    )
     serve_mode: Literal["local", "nim"] = Field(
         "local", description="Where embedding_service deploys: 'local' (a project-managed process) or 'nim' (Docker)."
     )

@@ -6,7 +6,7 @@ with the same fields, so the Launchpad shows every field with its description an
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar, get_origin
 
 import dagster as dg
 from pydantic import BaseModel, Field, create_model
@@ -19,13 +19,21 @@ def run_config_for(
     name: str,
     base: type[dg.Config] = dg.Config,
     exclude: frozenset[str] = frozenset(),
+    optional: dict[str, str] | None = None,
     **defaults: Any,
 ) -> type[dg.Config]:
     """A ``base`` (``dagster.Config`` or a resource) subclass mirroring ``stage_config``'s fields and descriptions;
-    ``defaults`` override the stage defaults; ``exclude`` leaves fields out (secrets never go in run config)."""
+    ``defaults`` override the stage defaults; ``exclude`` leaves fields out (secrets never go in run config);
+    ``optional`` makes fields default to None, with the text appended to their description saying what None means."""
     fields: dict[str, Any] = {}
     for field_name, field in stage_config.model_fields.items():
         if field_name in exclude:
+            continue
+        if optional and field_name in optional:
+            description = f"{field.description} {optional[field_name]}"
+            # Dagster's config types have no Optional[Literal]: a str, checked by the stage config when used.
+            annotation = str if get_origin(field.annotation) is Literal else field.annotation
+            fields[field_name] = (annotation | None, Field(None, description=description))
             continue
         default = defaults.get(field_name, field.get_default(call_default_factory=True))
         fields[field_name] = (field.annotation, Field(default, description=field.description))

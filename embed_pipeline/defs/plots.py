@@ -18,7 +18,7 @@ def _figure_md(fig, alt: str) -> dg.MetadataValue:
 
 
 def training_curves(steps: list[dict], evals: list[dict]) -> dg.MetadataValue:
-    """Train loss and learning rate per step, validation loss at each validation (``step``, ``val_loss``)."""
+    """Train loss and learning rate per step; validation loss and nDCG@10 at each validation (step 0: the base)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -26,12 +26,18 @@ def training_curves(steps: list[dict], evals: list[dict]) -> dg.MetadataValue:
 
     fig, (ax_loss, ax_lr) = plt.subplots(1, 2, figsize=(10, 3.5))
     ax_loss.plot([s["step"] for s in steps], [s["loss"] for s in steps], label="train loss", lw=1)
-    val = [(e["step"], e["val_loss"]) for e in evals]
+    val = [(e["step"], e["val_loss"]) for e in evals if e.get("val_loss") is not None]
     if val:
         ax_loss.plot(*zip(*val, strict=True), "o-", label="val loss")
     ax_loss.set_xlabel("step")
     ax_loss.set_ylabel("InfoNCE loss")
-    ax_loss.legend()
+    ndcg = [(e["step"], e["val_ndcg_at_10"]) for e in evals if e.get("val_ndcg_at_10") is not None]
+    if ndcg:
+        ax_ndcg = ax_loss.twinx()
+        ax_ndcg.plot(*zip(*ndcg, strict=True), "s--", color="tab:red", label="val nDCG@10")
+        ax_ndcg.set_ylabel("validation nDCG@10")
+        ax_ndcg.legend(loc="upper right")
+    ax_loss.legend(loc="upper left")
     ax_lr.plot([s["step"] for s in steps], [s["lr"] for s in steps], color="tab:green")
     ax_lr.set_xlabel("step")
     ax_lr.set_ylabel("learning rate")

@@ -8,13 +8,14 @@ config overrides them per run.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import dagster as dg
 from pydantic import Field
 
 from embed_pipeline.core.artifacts import asset_dir, validate_corpus_name
 from embed_pipeline.core.encoder import EncoderConfig
+from embed_pipeline.core.model_defaults import RECIPE_DEFAULTS, resolve_encoder_fields
 from embed_pipeline.core.settings import Settings
 from embed_pipeline.defs.compute import ComputeTarget
 from embed_pipeline.defs.config import run_config_for
@@ -33,16 +34,27 @@ class PipelineStorage(dg.ConfigurableResource):
         return asset_dir(Path(self.artifacts_dir), corpus, asset)
 
 
-# Field for field the same as EncoderConfig (model, pooling, prefixes, lengths, batch size).
-_BaseEncoderFields = run_config_for(EncoderConfig, "_BaseEncoderFields", base=dg.ConfigurableResource)
+# Field for field the same as EncoderConfig (model, pooling, prefixes, lengths, batch size); how the model embeds
+# defaults to None: what the model's own sentence-transformers metadata says (core/model_defaults.py).
+_FROM_MODEL = "None: from the model's sentence-transformers metadata, else the recipe's default."
+_BaseEncoderFields = run_config_for(
+    EncoderConfig,
+    "_BaseEncoderFields",
+    base=dg.ConfigurableResource,
+    optional=dict.fromkeys(RECIPE_DEFAULTS, _FROM_MODEL),
+)
 
 
 class BaseEncoder(_BaseEncoderFields):
     """The base embedding model and how it embeds (shared by mining, training and evaluation)."""
 
+    def resolved(self) -> tuple[dict[str, Any], dict[str, str]]:
+        """Pooling, normalisation, prefixes and max lengths, and where each came from (you, the model, the recipe)."""
+        return resolve_encoder_fields(self.model, {name: getattr(self, name) for name in RECIPE_DEFAULTS})
+
     def config(self, model: str | None = None) -> EncoderConfig:
         """The EncoderConfig of the base model, or of ``model`` (e.g. the fine-tuned folder) embedding the same way."""
-        values = {name: getattr(self, name) for name in EncoderConfig.model_fields}
+        values = {name: getattr(self, name) for name in EncoderConfig.model_fields} | self.resolved()[0]
         if model is not None:
             values["model"] = model
         return EncoderConfig(**values)

@@ -3,7 +3,8 @@
 ``corpus.jsonl`` holds every chunk (train, val and test documents alike, so the retriever must find the
 positive among all passages), ``queries.jsonl`` the test queries, ``qrels/test.tsv`` their positives.
 Extractive test queries (inverse cloze) have their sentence removed from the positive's corpus text, as in
-training, so that the evaluation is not a string match.
+training, so that the evaluation is not a string match. Each query line also carries its ``query_type``,
+``reasoning_type``, ``hop_count`` and ``generator``, so ``retrieval_metrics`` can say which kinds improved.
 """
 
 from __future__ import annotations
@@ -12,6 +13,17 @@ from pathlib import Path
 
 from embed_pipeline.core.artifacts import atomic_path, write_json
 from embed_pipeline.core.records import Chunk, QAPair, strip_extract
+from embed_pipeline.stages.evaluation.beir import write_beir
+
+
+def query_info(pair: QAPair) -> dict:
+    """The fields the metrics are sliced by."""
+    return {
+        "query_type": pair.query_type,
+        "reasoning_type": pair.reasoning_type,
+        "hop_count": pair.hop_count,
+        "generator": pair.generator,
+    }
 
 
 def build_eval_set(chunks: list[Chunk], test_pairs: list[QAPair], out_dir: Path) -> dict:
@@ -27,28 +39,19 @@ def build_eval_set(chunks: list[Chunk], test_pairs: list[QAPair], out_dir: Path)
         if pair.extractive:
             for cid in pair.positive_chunk_ids:
                 texts[cid] = strip_extract(texts[cid], pair.query)
-
-    def jsonl(records: list[dict]) -> str:
-        import json
-
-        return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
-
+    qrels = {p.query_id: dict.fromkeys(p.positive_chunk_ids, 1) for p in test_pairs}
     with atomic_path(Path(out_dir)) as tmp:
-        (tmp / "qrels").mkdir(parents=True)
-        (tmp / "corpus.jsonl").write_text(
-            jsonl([{"_id": cid, "title": "", "text": text} for cid, text in texts.items()]), encoding="utf-8"
+        write_beir(
+            tmp,
+            texts,
+            {p.query_id: p.query for p in test_pairs},
+            qrels,
+            query_info={p.query_id: query_info(p) for p in test_pairs},
         )
-        (tmp / "queries.jsonl").write_text(
-            jsonl([{"_id": p.query_id, "text": p.query} for p in test_pairs]), encoding="utf-8"
-        )
-        rows = ["query-id\tcorpus-id\tscore"] + [
-            f"{p.query_id}\t{cid}\t1" for p in test_pairs for cid in p.positive_chunk_ids
-        ]
-        (tmp / "qrels" / "test.tsv").write_text("\n".join(rows) + "\n", encoding="utf-8")
         manifest = {
             "num_corpus": len(texts),
             "num_queries": len(test_pairs),
-            "num_qrels": len(rows) - 1,
+            "num_qrels": sum(len(docs) for docs in qrels.values()),
             "num_extractive_queries": sum(p.extractive for p in test_pairs),
         }
         write_json(tmp / "manifest.json", manifest)

@@ -16,6 +16,7 @@ unrolled into one row per positive, each with the same negatives.
 from __future__ import annotations
 
 import logging
+import shutil
 from collections import Counter
 from pathlib import Path
 from typing import Literal
@@ -40,6 +41,11 @@ class MiningConfig(BaseModel):
     )
     hard_neg_margin: float = Field(0.95, description="Margin for the rule chosen by margin_type.")
     search_depth: int = Field(100, ge=1, description="Candidates retrieved per query before masking and margin.")
+    exclude_same_document: bool = Field(
+        False,
+        description="Never take a negative from the positive's own document: other passages of the document a query "
+        "was made from often answer it too (false negatives), above all in short documents such as abstracts.",
+    )
 
 
 def margin_ceiling(min_positive_score: float, margin_type: str, margin: float) -> float:
@@ -90,6 +96,10 @@ def mine_hard_negatives(
         raise ValueError("The mining corpus is empty: every chunk belongs to a test document. Add documents.")
     corpus_ids = [c.chunk_id for c in corpus]
     text_of = {c.chunk_id: c.text for c in chunks}
+    doc_of = {c.chunk_id: c.doc_id for c in chunks}
+    chunks_of_doc: dict[str, list[str]] = {}
+    for c in chunks:
+        chunks_of_doc.setdefault(c.doc_id, []).append(c.chunk_id)
     leaked = sorted({d for split_pairs in pairs.values() for p in split_pairs for d in p.doc_ids} & set(test_doc_ids))
     if leaked:
         raise ValueError(f"Pairs to mine for cite test documents {leaked[:3]}: the split is broken; rerun qa_splits.")
@@ -122,6 +132,8 @@ def mine_hard_negatives(
             ks = by_pair[i]
             positive_texts = {pos_texts[k] for k in ks} | {text_of[c] for c in pair.positive_chunk_ids}
             excluded = set(pair.positive_chunk_ids)
+            if config.exclude_same_document:
+                excluded |= {cid for d in pair.doc_ids for cid in chunks_of_doc.get(d, ())}
             candidates = []
             for s, j in zip(scores[i], idx[i], strict=True):
                 if j < 0:
@@ -144,6 +156,8 @@ def mine_hard_negatives(
                         negatives=[text_of[n] for n, _ in negs],
                         positive_score=float(pos_scores[k]),
                         negative_scores=[s for _, s in negs],
+                        positive_doc_id=doc_of[cid],
+                        negative_doc_ids=[doc_of[n] for n, _ in negs],
                     )
                 )
         examples[split] = rows
@@ -154,6 +168,22 @@ def mine_hard_negatives(
         num_excluded_test_chunks=len(chunks) - len(corpus),
         rows_short_of_negatives=short,
     )
+
+
+VAL_RETRIEVAL = "val_retrieval"
+
+
+def write_val_retrieval(val_pairs: list[QAPair], chunks: list[Chunk], test_doc_ids: set[str], out_dir: Path) -> bool:
+    """``val_retrieval/``: the val queries against the mining corpus, BEIR layout, for checkpoint selection by
+    nDCG@10. Removed (returns False) when there are no val queries."""
+    from embed_pipeline.stages.eval_set import build_eval_set
+
+    folder = Path(out_dir) / VAL_RETRIEVAL
+    if not val_pairs:
+        shutil.rmtree(folder, ignore_errors=True)
+        return False
+    build_eval_set([c for c in chunks if c.doc_id not in test_doc_ids], val_pairs, folder)
+    return True
 
 
 def write_training_examples(result: MiningResult, out_dir: Path) -> dict:

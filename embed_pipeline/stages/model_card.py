@@ -35,7 +35,8 @@ A domain-adapted text-embedding model: `{base_model}` fine-tuned by `embed_pipel
 
 ## Usage
 
-Queries and passages take different prefixes (saved as the prompts `query` and `passage`).
+Queries and passages are embedded with the prompts `query` and `passage` (their prefixes are in the table below;
+empty when the base model was trained without them).
 
 ```python
 from sentence_transformers import SentenceTransformer
@@ -82,10 +83,10 @@ clipping. Device: {device}. Time: {seconds} ({examples_per_s} examples/s).{resum
 
 Checkpoint kept: {selection}.
 
-| epoch | train loss | val loss | saved |
-| --- | --- | --- | --- |
+| epoch | train loss | val loss | val nDCG@10 | saved |
+| --- | --- | --- | --- | --- |
 {epoch_rows}
-{evals_table}"""
+{evals_table}{sweep_table}"""
 
 
 def _fmt(x: Any, digits: int = 4) -> str:
@@ -136,10 +137,11 @@ def render_model_card(history: dict, metrics_markdown: str | None = None, title:
         "resumable state every": f"{cfg['checkpoint_steps']} steps" if cfg.get("checkpoint_steps") else "off",
     }
     epochs = [
-        f"| 0 (base) | - | {_fmt(history.get('initial_val_loss'))} | - |",
+        f"| 0 (base) | - | {_fmt(history.get('initial_val_loss'))} | {_fmt(history.get('initial_val_ndcg_at_10'))} | "
+        f"{'yes' if history.get('best_step') == 0 else '-'} |",
         *(
             f"| {e['epoch']}{'' if e.get('complete', True) else ' (stopped early)'} | {_fmt(e['train_loss'])} | "
-            f"{_fmt(e['val_loss'])} | {'yes' if e['saved'] else ''} |"
+            f"{_fmt(e['val_loss'])} | {_fmt(e.get('val_ndcg_at_10'))} | {'yes' if e['saved'] else ''} |"
             for e in history.get("epochs", [])
         ),
     ]
@@ -147,9 +149,25 @@ def render_model_card(history: dict, metrics_markdown: str | None = None, title:
     evals_table = ""
     if cfg.get("eval_steps") and evals:
         evals_table = (
-            "\nEvery validation (eval_steps):\n\n| step | epoch | val loss | saved |\n| --- | --- | --- | --- |\n"
+            "\nEvery validation (eval_steps):\n\n| step | epoch | val loss | val nDCG@10 | saved |\n"
+            "| --- | --- | --- | --- | --- |\n"
             + "\n".join(
-                f"| {e['step']} | {e['epoch']} | {_fmt(e['val_loss'])} | {'yes' if e['saved'] else ''} |" for e in evals
+                f"| {e['step']} | {e['epoch']} | {_fmt(e['val_loss'])} | {_fmt(e.get('val_ndcg_at_10'))} | "
+                f"{'yes' if e['saved'] else ''} |"
+                for e in evals
+            )
+            + "\n"
+        )
+    sweep = history.get("lr_sweep") or []
+    sweep_table = ""
+    if sweep:
+        sweep_table = (
+            "\nLearning-rate sweep (lr_sweep; kept by validation):\n\n"
+            "| learning rate | val nDCG@10 | val loss | kept |\n| --- | --- | --- | --- |\n"
+            + "\n".join(
+                f"| {r['learning_rate']:.2e} | {_fmt(r.get('best_val_ndcg_at_10'))} | {_fmt(r.get('best_val_loss'))} | "
+                f"{'yes' if r.get('kept') else ''} |"
+                for r in sweep
             )
             + "\n"
         )
@@ -176,6 +194,7 @@ def render_model_card(history: dict, metrics_markdown: str | None = None, title:
         lr_decay=cfg.get("lr_decay", "cosine"),
         resumed_line=resumed_line,
         evals_table=evals_table,
+        sweep_table=sweep_table,
         device=history.get("device", "?"),
         seconds=f"{history.get('seconds', 0.0):.1f} s",
         examples_per_s=_fmt(history.get("examples_per_s"), 1),

@@ -6,6 +6,12 @@ document in its split when a corpus grows, so a refreshed corpus never moves an 
 test set. Small corpora (fewer than ``small_data_max_documents`` documents) use ``small_data_ratios`` (the
 recipe's 0.8/0/0.2), and every split with a non-zero ratio gets at least one document when there are enough.
 
+Enough test queries: the recipe's FAQ asks for at least 100 test queries, 200-500 to detect small gains, and a
+10% test split of a small corpus holds far fewer (the 22-document demo: 68). When the test split holds fewer than
+``min_test_queries`` kept queries, training documents move to it, nearest the test range of the hash first, until
+it holds enough or ``max_test_ratio`` of the documents. Large corpora are unaffected. (A corpus that grows may then
+hand such a document back to training: it never goes the other way, from training to test.)
+
 A pair whose positives span documents of different splits (possible with multi-document generators) is
 dropped and counted: keeping it anywhere would leak a document across splits.
 """
@@ -23,7 +29,7 @@ from embed_pipeline.core.artifacts import write_json, write_jsonl
 from embed_pipeline.core.records import QAPair
 
 SPLITS = ("train", "val", "test")
-MIN_TEST_QUERIES = 50
+MIN_TEST_QUERIES = 100  # below this the metadata warns: intervals too wide for most gains (the recipe's FAQ)
 
 
 class SplitConfig(BaseModel):
@@ -40,6 +46,16 @@ class SplitConfig(BaseModel):
         [0.8, 0.0, 0.2], min_length=3, max_length=3, description="Ratios (train, val, test) for small corpora."
     )
     seed: int = Field(42, description="Seed of the document-to-split hash.")
+    min_test_queries: int = Field(
+        200,
+        ge=0,
+        description="Grow the test split with training documents (nearest its hash range first) until it holds this "
+        "many queries or max_test_ratio of the documents: 200 is the recipe's lower bound to tell small gains from "
+        "noise. 0: never grow.",
+    )
+    max_test_ratio: float = Field(
+        0.3, ge=0.0, le=1.0, description="The share of documents the test split may grow to (min_test_queries)."
+    )
 
     @model_validator(mode="after")
     def _ratios_sum_to_one(self) -> SplitConfig:
@@ -60,6 +76,7 @@ class SplitResult(BaseModel):
     num_below_threshold: int
     num_cross_split: int
     warnings: list[str]
+    grown_test_documents: list[str] = []
 
 
 def _unit_hash(seed: int, doc_id: str) -> float:
@@ -87,12 +104,35 @@ def assign_documents(doc_ids: list[str], ratios: list[float], seed: int) -> dict
     return out
 
 
+def grow_test_split(
+    doc_splits: dict[str, str], kept: list[QAPair], seed: int, min_queries: int, max_ratio: float
+) -> list[str]:
+    """Move training documents to test (highest hash first) until the test split holds ``min_queries`` queries or
+    ``max_ratio`` of the documents; returns the documents moved. Only single-document pairs are counted."""
+    per_doc = Counter(p.doc_ids[0] for p in kept if len(set(p.doc_ids)) == 1)
+    test_queries = sum(n for d, n in per_doc.items() if doc_splits.get(d) == "test")
+    room = int(max_ratio * len(doc_splits)) - sum(s == "test" for s in doc_splits.values())
+    moved: list[str] = []
+    candidates = sorted((d for d, s in doc_splits.items() if s == "train"), key=lambda d: -_unit_hash(seed, d))
+    for doc in candidates:
+        if test_queries >= min_queries or len(moved) >= room:
+            break
+        if sum(s == "train" for s in doc_splits.values()) <= 1:
+            break  # training keeps at least one document
+        if per_doc.get(doc):
+            doc_splits[doc] = "test"
+            moved.append(doc)
+            test_queries += per_doc[doc]
+    return moved
+
+
 def split_pairs(pairs: list[QAPair], all_doc_ids: list[str], config: SplitConfig) -> SplitResult:
     """Filter by quality and split by document; no document is ever in two splits."""
     small = len(set(all_doc_ids)) < config.small_data_max_documents
     ratios = config.ratios(small)
     doc_splits = assign_documents(all_doc_ids, ratios, config.seed)
     kept = [p for p in pairs if p.quality_score >= config.quality_threshold]
+    grown = grow_test_split(doc_splits, kept, config.seed, config.min_test_queries, config.max_test_ratio)
     out: dict[str, list[QAPair]] = {s: [] for s in SPLITS}
     cross = 0
     for pair in kept:
@@ -102,6 +142,11 @@ def split_pairs(pairs: list[QAPair], all_doc_ids: list[str], config: SplitConfig
             continue
         out[splits.pop()].append(pair)
     warnings = []
+    if grown:
+        warnings.append(
+            f"The test split took {len(grown)} training documents to reach {len(out['test'])} queries "
+            f"(min_test_queries {config.min_test_queries}, at most {config.max_test_ratio:.0%} of the documents)."
+        )
     if small:
         warnings.append(
             f"Small corpus ({len(set(all_doc_ids))} documents < {config.small_data_max_documents}): "
@@ -109,8 +154,8 @@ def split_pairs(pairs: list[QAPair], all_doc_ids: list[str], config: SplitConfig
         )
     if len(out["test"]) < MIN_TEST_QUERIES:
         warnings.append(
-            f"Only {len(out['test'])} test queries (< {MIN_TEST_QUERIES}): retrieval metrics will be noisy. "
-            "Add documents or raise test_ratio."
+            f"Only {len(out['test'])} test queries (< {MIN_TEST_QUERIES}; the recipe asks for 100, 200-500 to detect "
+            "small gains): the intervals of retrieval_metrics will be wide. Add documents or raise max_test_ratio."
         )
     if not out["train"]:
         warnings.append("No training pairs: lower quality_threshold or add documents.")
@@ -122,6 +167,7 @@ def split_pairs(pairs: list[QAPair], all_doc_ids: list[str], config: SplitConfig
         num_below_threshold=len(pairs) - len(kept),
         num_cross_split=cross,
         warnings=warnings,
+        grown_test_documents=grown,
     )
 
 
@@ -137,6 +183,7 @@ def write_splits(result: SplitResult, out_dir: Path, logger: logging.Logger | No
         "num_input_pairs": result.num_input,
         "num_below_threshold": result.num_below_threshold,
         "num_cross_split_dropped": result.num_cross_split,
+        "test_documents_added_for_min_test_queries": len(result.grown_test_documents),
         "queries": {s: len(result.pairs[s]) for s in SPLITS},
         "documents": {s: docs_per_split.get(s, 0) for s in SPLITS},
         "warnings": result.warnings,

@@ -41,17 +41,25 @@ def mining(params: Params, log: logging.Logger) -> dict[str, Any]:
         )
 
     from embed_pipeline.core.encoder import Encoder, EncoderConfig
-    from embed_pipeline.stages.mining import MiningConfig, mine_hard_negatives, write_training_examples
+    from embed_pipeline.stages.mining import (
+        MiningConfig,
+        mine_hard_negatives,
+        write_training_examples,
+        write_val_retrieval,
+    )
 
     encoder = Encoder(EncoderConfig.model_validate(params["encoder"]))
     config = MiningConfig.model_validate(params["config"])
     result = mine_hard_negatives(pairs, chunks, test_docs, encoder, config, log)
     manifest = write_training_examples(result, Path(params["out_dir"]))
+    # Checkpoint selection retrieves the val queries over the mining corpus (never a test passage).
+    write_val_retrieval(pairs["val"], chunks, test_docs, Path(params["out_dir"]))
     train = result.examples["train"]
     return {
         "manifest": manifest,
         "train_rows": len(train),
         "val_rows": len(result.examples["val"]),
+        "val_retrieval_queries": len(pairs["val"]),
         "sample": [
             {"query": r.query, "positive": r.positive, "hardest_negative": r.negatives[0] if r.negatives else ""}
             for r in train[:5]
@@ -62,12 +70,13 @@ def mining(params: Params, log: logging.Logger) -> dict[str, Any]:
 def finetune(params: Params, log: logging.Logger) -> dict[str, Any]:
     """`finetuned_model`: contrastive fine-tune; returns ``TrainResult`` (history included).
 
-    params: train_path, val_path (or None), encoder (EncoderConfig), config (TrainingConfig), out_dir.
+    params: train_path, val_path (or None), val_retrieval (or None), encoder (EncoderConfig), config
+    (TrainingConfig), out_dir.
     """
     from embed_pipeline.core.encoder import EncoderConfig
     from embed_pipeline.stages.training import TrainingConfig, run_finetune
 
-    val_path = params.get("val_path")
+    val_path, val_retrieval = params.get("val_path"), params.get("val_retrieval")
     result = run_finetune(
         Path(params["train_path"]),
         Path(val_path) if val_path else None,
@@ -75,15 +84,16 @@ def finetune(params: Params, log: logging.Logger) -> dict[str, Any]:
         TrainingConfig.model_validate(params["config"]),
         Path(params["out_dir"]),
         logger=log,
+        val_retrieval=Path(val_retrieval) if val_retrieval else None,
     )
     return result.model_dump(mode="json")
 
 
 def retrieval_metrics(params: Params, log: logging.Logger) -> dict[str, Any]:
-    """`retrieval_metrics`: base vs fine-tuned on the eval set, then the metrics go into the model card.
+    """`retrieval_metrics`: base vs fine-tuned on the eval set (and real queries), then the model card's tables.
 
-    params: eval_dir, base and finetuned (EncoderConfig), config (RetrievalMetricsConfig), out_dir, model_dir.
-    Returns ``RetrievalMetricsResult``.
+    params: eval_dir, base and finetuned (EncoderConfig), config (RetrievalMetricsConfig), out_dir, model_dir,
+    chunk_files (the corpus real queries are searched against). Returns ``RetrievalMetricsResult``.
     """
     from embed_pipeline.core.encoder import EncoderConfig
     from embed_pipeline.stages.evaluation import RetrievalMetricsConfig, run_retrieval_metrics
@@ -96,31 +106,43 @@ def retrieval_metrics(params: Params, log: logging.Logger) -> dict[str, Any]:
         RetrievalMetricsConfig.model_validate(params["config"]),
         Path(params["out_dir"]),
         logger=log,
+        chunk_files=[Path(f) for f in params.get("chunk_files", [])],
     )
-    card_metrics = result.table + (
-        f"\nBy embedding dimension (Matryoshka):\n\n{result.dimension_table}" if result.dimension_table else ""
-    )
-    write_model_card(Path(params["model_dir"]), metrics_markdown=card_metrics)
+    write_model_card(Path(params["model_dir"]), metrics_markdown=result.report())
     return result.model_dump(mode="json")
 
 
 def onnx_export(params: Params, log: logging.Logger) -> dict[str, Any]:
     """`onnx_model`: export, then parity of every served variant against the checkpoint on the eval set.
 
-    params: model_dir, eval_dir, out_dir, config (OnnxExportConfig), parity_path (where the reports are written).
-    Returns ``{"export": OnnxExportResult, "parity": {variant: ParityReport}}``.
+    params: model_dir, eval_dir, out_dir, config (OnnxExportConfig), parity_path (where the reports are written),
+    served_variant (what the service will load; default fp32). A variant that fails its gate is dropped from the
+    export, unless it is fp32 (the reference every other variant derives from) or the served one: those fail the
+    asset's blocking check instead. Returns ``{"export": OnnxExportResult, "parity": {variant: ParityReport},
+    "dropped": {variant: why}}``.
     """
+    from embed_pipeline.stages.export.manifest import drop_variants
     from embed_pipeline.stages.export.onnx_export import OnnxExportConfig, export_onnx
     from embed_pipeline.stages.export.parity import PARITY_THRESHOLDS, check_parity_variants
 
     model_dir, eval_dir, out = Path(params["model_dir"]), Path(params["eval_dir"]), Path(params["out_dir"])
+    served = params.get("served_variant", "fp32")
     result = export_onnx(model_dir, out, OnnxExportConfig.model_validate(params["config"]), logger=log)
-    served = [v for v in result.files if v in PARITY_THRESHOLDS]  # fp32, int8, fp16 (not the portable graph)
+    variants = [v for v in result.files if v in PARITY_THRESHOLDS]  # fp32, int8, fp16 (not the portable graph)
     # The checkpoint encodes the eval set once for all variants.
-    measured = check_parity_variants(model_dir, out, eval_dir, served, logger=log)
+    measured = check_parity_variants(model_dir, out, eval_dir, variants, logger=log)
     reports = {variant: report.model_dump(mode="json") for variant, report in measured.items()}
     write_json(Path(params["parity_path"]), reports)
-    return {"export": result.model_dump(mode="json"), "parity": reports}
+    dropped = {
+        variant: "; ".join(report.failures)
+        for variant, report in measured.items()
+        if not report.passed and variant not in ("fp32", served)
+    }
+    if dropped:
+        drop_variants(out, dropped)
+        for variant, why in dropped.items():
+            log.warning(f"variant {variant} dropped from the export (it is not served): {why}")
+    return {"export": result.model_dump(mode="json"), "parity": reports, "dropped": dropped}
 
 
 def tensorrt_engine(params: Params, log: logging.Logger) -> dict[str, Any]:

@@ -63,6 +63,7 @@ def qa_splits(context: dg.AssetExecutionContext, config: SplitsRunConfig, storag
             "test_documents": manifest["documents"]["test"],
             "below_quality_threshold": manifest["num_below_threshold"],
             "cross_split_dropped": manifest["num_cross_split_dropped"],
+            "test_documents_added_for_min_test_queries": manifest["test_documents_added_for_min_test_queries"],
             "warnings": dg.MetadataValue.md("\n".join(f"- {w}" for w in manifest["warnings"]) or "none"),
             "path": path_value(out),
         }
@@ -146,6 +147,8 @@ def training_examples(
         metadata={
             "train_rows": result["train_rows"],
             "val_rows": result["val_rows"],
+            # checkpoint selection: these val queries against the mining corpus (val_retrieval/), by nDCG@10
+            "val_retrieval_queries": result.get("val_retrieval_queries", 0),
             "mining_corpus_size": manifest["mining_corpus_size"],
             "excluded_test_passages": manifest["excluded_test_passages"],
             "manifest": dg.MetadataValue.json(manifest),

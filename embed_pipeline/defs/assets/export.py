@@ -14,7 +14,7 @@ from embed_pipeline.defs.compute import GPU_POOL, ComputeTarget, ContainerStageE
 from embed_pipeline.defs.config import run_config_for, to_stage
 from embed_pipeline.defs.metadata import path_value, upstream_file
 from embed_pipeline.defs.partitions import corpus_partitions
-from embed_pipeline.defs.resources import PipelineStorage
+from embed_pipeline.defs.resources import PipelineStorage, ServingTarget
 from embed_pipeline.stages.export.onnx_export import OnnxExportConfig, OnnxExportResult
 from embed_pipeline.stages.export.parity import ParityReport
 from embed_pipeline.stages.export.tensorrt_engine import TensorRTConfig, TensorRTResult, tensorrt_unavailable_reason
@@ -24,24 +24,31 @@ TensorRTRunConfig = run_config_for(TensorRTConfig, "TensorRTRunConfig")
 PARITY_FILE = "parity.json"
 
 
-def parity_table(reports: dict[str, ParityReport]) -> str:
-    """One row per variant: cosine to PyTorch, nDCG@10 of both, the delta, speed, verdict."""
+def parity_table(reports: dict[str, ParityReport], dropped: dict[str, str] | None = None) -> str:
+    """One row per variant: cosine to PyTorch, nDCG@10 of both, the delta and its interval, speed, verdict."""
     lines = [
         "| variant | min cosine | mean cosine | PyTorch nDCG@10 | exported nDCG@10 | Δ nDCG@10 | max |Δ| allowed "
-        "| texts/s (PyTorch → exported) | passed |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| 95% CI of Δ | texts/s (PyTorch → exported) | passed |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for variant, r in reports.items():
+        ci = (
+            f"[{r.ndcg_at_10_delta_ci95[0]:+.4f}, {r.ndcg_at_10_delta_ci95[1]:+.4f}]"
+            if r.ndcg_at_10_delta_ci95
+            else "-"
+        )
+        verdict = "yes" if r.passed else ("no: **dropped**" if variant in (dropped or {}) else "**no**")
         lines.append(
             f"| {variant} | {r.cosine['all'].min:.6f} | {r.cosine['all'].mean:.6f} | "
             f"{r.torch_metrics['ndcg_at_10']:.4f} | {r.onnx_metrics['ndcg_at_10']:.4f} | {r.ndcg_at_10_delta:+.4f} | "
-            f"{r.thresholds.max_ndcg_at_10_delta} | {r.torch_texts_per_s:.0f} → {r.onnx_texts_per_s:.0f} | "
-            f"{'yes' if r.passed else '**no**'} |"
+            f"{r.thresholds.max_ndcg_at_10_delta} | {ci} | {r.torch_texts_per_s:.0f} → {r.onnx_texts_per_s:.0f} | "
+            f"{verdict} |"
         )
     return "\n".join(lines) + "\n"
 
 
-def _parity_check(variant: str, reports: dict[str, ParityReport]) -> dg.AssetCheckResult:
+def _parity_check(variant: str, reports: dict[str, ParityReport], dropped: dict[str, str]) -> dg.AssetCheckResult:
+    """The variant's gate. A failing variant that is not served was dropped from the export: that only warns."""
     name = f"onnx_{variant}_parity"
     report = reports.get(variant)
     if report is None:  # int8 export turned off in the run config: there is nothing to gate
@@ -51,16 +58,28 @@ def _parity_check(variant: str, reports: dict[str, ParityReport]) -> dg.AssetChe
             severity=dg.AssetCheckSeverity.WARN,
             metadata={"evaluated": False, "why": f"the {variant} variant was not exported (run config)"},
         )
+    was_dropped = variant in dropped
     return dg.AssetCheckResult(
         check_name=name,
         passed=report.passed,
+        severity=dg.AssetCheckSeverity.WARN if was_dropped else dg.AssetCheckSeverity.ERROR,
+        description=f"Failed and dropped from the export (not served): {dropped[variant]}" if was_dropped else None,
         metadata={
             "evaluated": True,
+            "dropped": was_dropped,
             "min_cosine": report.cosine["all"].min,
             "mean_cosine": report.cosine["all"].mean,
             "min_cosine_required": dg.MetadataValue.text(str(report.thresholds.min_cosine or "not gated")),
             "ndcg_at_10_delta": report.ndcg_at_10_delta,
             "max_ndcg_at_10_delta": report.thresholds.max_ndcg_at_10_delta,
+            **(
+                {
+                    "ndcg_at_10_delta_ci95_low": report.ndcg_at_10_delta_ci95[0],
+                    "ndcg_at_10_delta_ci95_high": report.ndcg_at_10_delta_ci95[1],
+                }
+                if report.ndcg_at_10_delta_ci95
+                else {}
+            ),
             "failures": dg.MetadataValue.md("\n".join(f"- {f}" for f in report.failures) or "none"),
         },
     )
@@ -84,15 +103,24 @@ def _parity_check(variant: str, reports: dict[str, ParityReport]) -> dg.AssetChe
             "onnx_int8_parity",
             asset="onnx_model",
             blocking=True,
-            description="The int8 variant's retrieval stays within 0.01 nDCG@10 of PyTorch.",
+            description="The int8 variant's retrieval stays within 0.01 nDCG@10 of PyTorch. When int8 is not the "
+            "served variant a failure drops it from the export and only warns.",
         ),
     ],
     pool=GPU_POOL,
 )
 def onnx_model(
-    context: dg.AssetExecutionContext, config: OnnxExportRunConfig, storage: PipelineStorage, compute: ComputeTarget
+    context: dg.AssetExecutionContext,
+    config: OnnxExportRunConfig,
+    storage: PipelineStorage,
+    compute: ComputeTarget,
+    serving: ServingTarget,
 ):
-    """ONNX export (pooling and L2 normalisation inside the graph), int8/fp16 variants, tokenizer, manifest."""
+    """ONNX export (pooling and L2 normalisation inside the graph), int8/fp16 variants, tokenizer, manifest.
+
+    A variant that fails its parity gate and is not the one ``embedding_service`` serves is dropped from the export
+    with a warning (the reason is in the metadata and the manifest); only a failure of fp32 or the served variant
+    blocks."""
     corpus = context.partition_key
     model_dir = upstream_file(storage.asset_dir(corpus, "finetuned_model"), "config.json", "finetuned_model").parent
     eval_dir = upstream_file(storage.asset_dir(corpus, "eval_set"), "qrels/test.tsv", "eval_set").parent.parent
@@ -103,16 +131,24 @@ def onnx_model(
         "out_dir": str(out),
         "config": to_stage(config, OnnxExportConfig).model_dump(mode="json"),
         "parity_path": str(out / PARITY_FILE),  # parity of every served variant (fp32, int8, fp16)
+        "served_variant": serving.variant,
     }
     done = run_stage(context, compute, "onnx_export", params)
     result = OnnxExportResult.model_validate(done["export"])
     reports = {variant: ParityReport.model_validate(r) for variant, r in done["parity"].items()}
+    dropped: dict[str, str] = done.get("dropped", {})
+    for variant, why in dropped.items():
+        context.log.warning(f"onnx_model: the {variant} variant failed its parity gate and was dropped: {why}")
+    kept = {v: p for v, p in result.files.items() if v not in dropped}
     yield dg.MaterializeResult(
         metadata={
-            "parity": dg.MetadataValue.md(parity_table(reports)),
+            "parity": dg.MetadataValue.md(parity_table(reports, dropped)),
             "variants": dg.MetadataValue.md(
                 "| variant | file | MB |\n|---|---|---|\n"
-                + "\n".join(f"| {v} | {p.name} | {result.sizes_mb.get(v, 0.0):.1f} |" for v, p in result.files.items())
+                + "\n".join(f"| {v} | {p.name} | {result.sizes_mb.get(v, 0.0):.1f} |" for v, p in kept.items())
+            ),
+            "dropped_variants": dg.MetadataValue.md(
+                "\n".join(f"- **{v}**: {why}" for v, why in dropped.items()) or "none"
             ),
             **{f"{v}_min_cosine": r.cosine["all"].min for v, r in reports.items()},
             **{f"{v}_ndcg_at_10_delta": r.ndcg_at_10_delta for v, r in reports.items()},
@@ -125,7 +161,7 @@ def onnx_model(
         }
     )
     for variant in ("fp32", "int8"):
-        yield _parity_check(variant, reports)
+        yield _parity_check(variant, reports, dropped)
 
 
 @dg.asset(

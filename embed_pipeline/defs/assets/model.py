@@ -9,9 +9,14 @@ from embed_pipeline.defs.metadata import path_value, upstream_file
 from embed_pipeline.defs.partitions import corpus_partitions
 from embed_pipeline.defs.plots import training_curves
 from embed_pipeline.defs.resources import BaseEncoder, PipelineStorage
+from embed_pipeline.stages.mining import VAL_RETRIEVAL
 from embed_pipeline.stages.training import TrainingConfig, TrainResult
 
 TrainingRunConfig = run_config_for(TrainingConfig, "TrainingRunConfig")
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
 
 
 @dg.asset(
@@ -34,10 +39,12 @@ def finetuned_model(
     data = storage.asset_dir(corpus, "training_examples")
     train_path = upstream_file(data, "train.jsonl", "training_examples")
     val_path = data / "val.jsonl"
+    val_retrieval = data / VAL_RETRIEVAL
     out = storage.asset_dir(corpus, "finetuned_model")
     params = {
         "train_path": str(train_path),
         "val_path": str(val_path) if val_path.exists() else None,
+        "val_retrieval": str(val_retrieval) if val_retrieval.is_dir() else None,
         "encoder": base_encoder.config().model_dump(mode="json"),
         "config": to_stage(config, TrainingConfig).model_dump(mode="json"),
         "out_dir": str(out),
@@ -47,17 +54,45 @@ def finetuned_model(
     steps = [s.model_dump() for s in history.steps]
     epochs = [e.model_dump() for e in history.epochs]
     epoch_rows = "\n".join(
-        f"| {e['epoch']} | {e['train_loss']:.4f} | "
-        f"{'-' if e['val_loss'] is None else format(e['val_loss'], '.4f')} | {e['seconds']:.1f} | "
-        f"{'yes' if e['saved'] else ''} |"
+        f"| {e['epoch']} | {e['train_loss']:.4f} | {_fmt(e['val_loss'])} | {_fmt(e.get('val_ndcg_at_10'))} | "
+        f"{e['seconds']:.1f} | {'yes' if e['saved'] else ''} |"
         for e in epochs
     )
+    base_row = (
+        f"| 0 (base) | - | {_fmt(history.initial_val_loss)} | {_fmt(history.initial_val_ndcg_at_10)} | - | "
+        f"{'yes' if history.best_step == 0 else ''} |\n"
+    )
+    base_point = [{"step": 0, "val_loss": history.initial_val_loss, "val_ndcg_at_10": history.initial_val_ndcg_at_10}]
+    sweep = {}
+    if history.lr_sweep:
+        sweep["lr_sweep"] = dg.MetadataValue.md(
+            "| learning rate | best val nDCG@10 | best val loss | best step | seconds | kept |\n"
+            "|---|---|---|---|---|---|\n"
+            + "\n".join(
+                f"| {r.learning_rate:.2e} | {_fmt(r.best_val_ndcg_at_10)} | {_fmt(r.best_val_loss)} | {r.best_step} | "
+                f"{r.seconds:.0f} | {'yes' if r.kept else ''} |"
+                for r in history.lr_sweep
+            )
+        )
     return dg.MaterializeResult(
         metadata={
-            "training_curves": training_curves(steps, [e.model_dump() for e in history.evals]),
+            "training_curves": training_curves(steps, base_point + [e.model_dump() for e in history.evals]),
             "epochs": dg.MetadataValue.md(
-                "| epoch | train loss | val loss | seconds | kept |\n|---|---|---|---|---|\n" + epoch_rows
+                "| epoch | train loss | val loss | val nDCG@10 | seconds | kept |\n|---|---|---|---|---|---|\n"
+                + base_row
+                + epoch_rows
             ),
+            **sweep,
+            "selection": history.selection,
+            "selection_metric": history.selection_metric,
+            "kept_base_model": history.best_step == 0,
+            "best_val_ndcg_at_10": dg.MetadataValue.float(history.best_val_ndcg_at_10)
+            if history.best_val_ndcg_at_10 is not None
+            else dg.MetadataValue.text("n/a (no validation retrieval set)"),
+            "initial_val_ndcg_at_10": dg.MetadataValue.float(history.initial_val_ndcg_at_10)
+            if history.initial_val_ndcg_at_10 is not None
+            else dg.MetadataValue.text("n/a"),
+            "val_retrieval_queries": history.val_retrieval_queries,
             "train_rows": result.num_train_rows,
             "val_rows": result.num_val_rows,
             "batch_size": result.batch_size,

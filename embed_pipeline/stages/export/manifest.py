@@ -12,6 +12,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, ValidationError
 
+from embed_pipeline.core.artifacts import write_json
 from embed_pipeline.core.encoder import EncoderConfig, Pooling
 
 MANIFEST_FILE = "manifest.json"
@@ -48,6 +49,10 @@ class OnnxManifest(BaseModel):
     fused_variants: list[str] = Field(
         default_factory=list,
         description="Variants built from ONNX Runtime's fused graph (contrib operators: ONNX Runtime only).",
+    )
+    dropped_variants: dict[str, str] = Field(
+        default_factory=dict,
+        description="Variants exported but removed because they failed their parity gate -> why (drop_variants).",
     )
     int8_per_channel: bool | None = Field(None, description="Per-channel weight scales in the int8 variant.")
     matryoshka_dims: list[int] = Field(default_factory=list, description="Dimensions the model was trained at.")
@@ -94,6 +99,29 @@ def read_manifest(folder: Path) -> OnnxManifest:
             "Upgrade embed_pipeline, or re-export with this version."
         )
     return manifest
+
+
+def drop_variants(folder: Path, reasons: dict[str, str]) -> OnnxManifest:
+    """Remove ``reasons``' variants from an export (their graph files, unless another entry uses the same file) and
+    record why in the manifest, so nothing serves a variant that failed its parity gate."""
+    folder = Path(folder)
+    manifest = read_manifest(folder)
+    variants = {v: f for v, f in manifest.variants.items() if v not in reasons}
+    kept_files = {*variants.values(), manifest.portable_model}
+    for variant in reasons:
+        name = manifest.variants.get(variant)
+        if name and name not in kept_files:
+            for path in (folder / name, folder / f"{name}.data"):
+                path.unlink(missing_ok=True)
+    updated = manifest.model_copy(
+        update={
+            "variants": variants,
+            "fused_variants": [v for v in manifest.fused_variants if v in variants],
+            "dropped_variants": {**manifest.dropped_variants, **reasons},
+        }
+    )
+    write_json(folder / MANIFEST_FILE, updated.model_dump(mode="json"))
+    return updated
 
 
 def variant_path(folder: Path, manifest: OnnxManifest, variant: str) -> Path:

@@ -18,7 +18,14 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from embed_pipeline.core.encoder import Encoder
-from embed_pipeline.stages.evaluation import BeirData, compute_metrics, load_beir, search
+from embed_pipeline.stages.evaluation import (
+    BeirData,
+    load_beir,
+    mean_metrics,
+    paired_bootstrap,
+    per_query_metrics,
+    search,
+)
 from embed_pipeline.stages.export.manifest import checkpoint_encoder_config, read_manifest
 from embed_pipeline.stages.export.onnx_runtime import OnnxEncoder
 
@@ -78,6 +85,9 @@ class ParityReport(BaseModel):
     onnx_metrics: dict[str, float]
     metric_deltas: dict[str, float] = Field(description="ONNX minus PyTorch, per metric.")
     ndcg_at_10_delta: float
+    ndcg_at_10_delta_ci95: tuple[float, float] | None = Field(
+        None, description="Paired-bootstrap 95% interval of the nDCG@10 change over the eval-set queries."
+    )
     torch_seconds: float = Field(description="PyTorch encode time (queries + corpus), model load excluded.")
     onnx_seconds: float = Field(description="ONNX Runtime encode time (queries + corpus), session load excluded.")
     torch_texts_per_s: float
@@ -103,9 +113,9 @@ def _stats(cos: np.ndarray) -> CosineStats:
     return CosineStats(n=int(cos.size), min=float(cos.min()), mean=float(cos.mean()), p01=float(np.percentile(cos, 1)))
 
 
-def _metrics(data: BeirData, queries: np.ndarray, corpus: np.ndarray, ks: list[int]) -> dict[str, float]:
+def _per_query(data: BeirData, queries: np.ndarray, corpus: np.ndarray, ks: list[int]) -> dict[str, dict]:
     results = search(queries, corpus, list(data.queries), list(data.corpus), top_k=max(ks) + 1)
-    return compute_metrics(data.qrels, results, ks)
+    return per_query_metrics(data.qrels, results, ks)
 
 
 def parity_failures(
@@ -151,7 +161,9 @@ def compare(
     (t_q, t_c, t_s), (o_q, o_c, o_s) = reference, candidate
     q_cos, c_cos = _cosines(t_q, o_q), _cosines(t_c, o_c)
     cosine = {"query": _stats(q_cos), "passage": _stats(c_cos), "all": _stats(np.concatenate([q_cos, c_cos]))}
-    torch_metrics, onnx_metrics = _metrics(data, t_q, t_c, ks), _metrics(data, o_q, o_c, ks)
+    torch_pq, onnx_pq = _per_query(data, t_q, t_c, ks), _per_query(data, o_q, o_c, ks)
+    torch_metrics, onnx_metrics = mean_metrics(torch_pq), mean_metrics(onnx_pq)
+    ci = paired_bootstrap(torch_pq, onnx_pq, ["ndcg_at_10"])["ndcg_at_10"]
     deltas = {k: onnx_metrics[k] - torch_metrics[k] for k in torch_metrics}
     failures = list(failures or [])
     failures += parity_failures(variant, cosine, torch_metrics["ndcg_at_10"], onnx_metrics["ndcg_at_10"], threshold)
@@ -169,6 +181,7 @@ def compare(
         onnx_metrics=onnx_metrics,
         metric_deltas=deltas,
         ndcg_at_10_delta=deltas["ndcg_at_10"],
+        ndcg_at_10_delta_ci95=(ci.low, ci.high),
         torch_seconds=round(t_s, 3),
         onnx_seconds=round(o_s, 3),
         torch_texts_per_s=round(n_texts / t_s, 1) if t_s > 0 else 0.0,

@@ -91,6 +91,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from embed_pipeline.core.passage_match import PassageMatcher, normalize_text
 from embed_pipeline.core.records import Chunk, QAPair
 
 _log = logging.getLogger("embed_pipeline.sdg.importer")
@@ -119,7 +120,6 @@ POSITIVE_ID_KEYS = ("positive_chunk_ids", "positive_ids")
 ID_KEYS = ("query_id", "id", "_id", "qid")
 SCORE_KEYS = ("quality_score", "score", "quality")
 
-_WORD = re.compile(r"\w+")
 _UNSAFE_ID_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
 
 
@@ -259,10 +259,6 @@ class _State:
             self.examples[reason].append(f"{where}: {what}")
 
 
-def _normalize(text: str) -> str:
-    return " ".join(_WORD.findall(text.casefold()))
-
-
 def _sha(text: str) -> str:
     return hashlib.sha1(text.encode("utf-8")).hexdigest()[:12]
 
@@ -272,31 +268,19 @@ def _safe_id(raw: str) -> str:
 
 
 class _Matcher:
-    """Maps positive passage texts to chunk ids, adding passages the corpus lacks as extra chunks."""
+    """Maps positive passage texts to chunk ids (``PassageMatcher``), adding passages the corpus lacks as extras."""
 
     def __init__(self, chunks: Sequence[Chunk], mode: str) -> None:
-        self.chunks = list(chunks)
-        self.normalized = mode == "normalized"
-        self.ids = {c.chunk_id: c for c in self.chunks}
-        self.by_text: dict[str, str] = {}
-        self.by_norm: dict[str, str] = {}
-        self.norm_texts: list[str] = []
-        self.index: dict[str, set[int]] = defaultdict(set)
-        for i, chunk in enumerate(self.chunks):
-            self.by_text.setdefault(chunk.text.strip(), chunk.chunk_id)
-            norm = _normalize(chunk.text)
-            self.norm_texts.append(norm)
-            if self.normalized:
-                self.by_norm.setdefault(norm, chunk.chunk_id)
-            for token in set(norm.split()):
-                self.index[token].add(i)
+        self.passages = PassageMatcher(chunks, normalized=mode == "normalized")
+        self.normalized = self.passages.normalized
+        self.ids = self.passages.ids
         self.extras: dict[str, Chunk] = {}  # dedup key -> extra chunk
         self.counts: Counter = Counter()
         self.extra_docs: dict[str, str] = {}  # extra chunk id -> its document
         self._cache: dict[str, tuple[str, str]] = {}  # passage text -> (how it was resolved, chunk id)
 
     def _key(self, text: str) -> str:
-        return (_normalize(text) or text) if self.normalized else text
+        return (normalize_text(text) or text) if self.normalized else text
 
     def has_id(self, chunk_id: str) -> bool:
         return chunk_id in self.ids
@@ -322,41 +306,15 @@ class _Matcher:
         return chunk_id
 
     def _resolve(self, text: str, preferred_id: str | None) -> tuple[str, str]:
-        if text in self.by_text:
-            return "exact", self.by_text[text]
-        norm = _normalize(text)
-        if self.normalized and norm in self.by_norm:
-            return "normalized", self.by_norm[norm]
+        kind, hits = self.passages.find(text)
+        if kind in ("exact", "normalized"):
+            return kind, self.passages.chunks[hits[0]].chunk_id
         key = self._key(text)
         if key in self.extras:  # an earlier passage that differs only in what the key ignores
             return "added_again", self.extras[key].chunk_id
-        hits = self._containing(text, norm)
-        if len(hits) == 1:
-            return "substring", self.chunks[hits[0]].chunk_id
+        if kind == "substring":
+            return "substring", self.passages.chunks[hits[0]].chunk_id
         return ("ambiguous" if hits else "added"), self._add(text, key, preferred_id)
-
-    def _containing(self, text: str, norm: str) -> list[int]:
-        """Indices of the chunks whose text contains ``text`` (normalised, on word boundaries, in that mode)."""
-        if self.normalized:
-            if not norm:
-                return []
-            tokens = norm.split()
-            needle = f" {norm} "
-        else:
-            # Inner whitespace-separated words of a substring are whole words of the chunk; the outer two may be cut.
-            parts = text.split()
-            tokens = [t for part in parts[1:-1] for t in _WORD.findall(part.casefold())]
-            needle = text
-        candidates: set[int] | None = None
-        for token in sorted(set(tokens), key=lambda t: len(self.index.get(t, ()))):
-            found = self.index.get(token, set())
-            candidates = set(found) if candidates is None else candidates & found
-            if not candidates:
-                return []
-        pool = sorted(candidates) if candidates is not None else range(len(self.chunks))
-        if self.normalized:
-            return [i for i in pool if needle in f" {self.norm_texts[i]} "]
-        return [i for i in pool if needle in self.chunks[i].text]
 
     def _add(self, text: str, key: str, preferred_id: str | None) -> str:
         digest = _sha(text)

@@ -113,25 +113,39 @@ class Batch(BaseModel):
 
 
 def make_batch(
-    rows: list[TrainingExample], n_passages: int, positives_by_query: dict[str, set[str]], in_batch: bool
+    rows: list[TrainingExample],
+    n_passages: int,
+    positives_by_query: dict[str, set[str]],
+    in_batch: bool,
+    same_document_in_batch: bool = True,
 ) -> Batch:
-    """Flatten ``rows`` into a ``Batch``; ``in_batch`` False masks every other row's passages (hard negatives only)."""
-    passages, owner, ids, positive_col = [], [], [], []
+    """Flatten ``rows`` into a ``Batch``; ``in_batch`` False masks every other row's passages (hard negatives only);
+    ``same_document_in_batch`` False masks other rows' passages from the row's positive's document."""
+    passages, owner, ids, docs, positive_col = [], [], [], [], []
     for i, r in enumerate(rows):
         positive_col.append(len(passages))
         group = [(r.positive_id, r.positive)] + list(zip(r.negative_ids, r.negatives, strict=False))[: n_passages - 1]
-        for pid, text in group:
+        group_docs = [r.positive_doc_id, *(r.negative_doc_ids or [None] * len(r.negative_ids))]
+        for (pid, text), doc in zip(group, group_docs, strict=False):
             passages.append(text)
             owner.append(i)
             ids.append(pid)
+            docs.append(doc)
     excluded = []
     for i, r in enumerate(rows):
         known = positives_by_query.get(r.query_id, set()) | {r.positive_id}
+        same_doc = None if same_document_in_batch else r.positive_doc_id
         excluded.append(
             [
                 j
-                for j, (o, pid, text) in enumerate(zip(owner, ids, passages, strict=True))
-                if j != positive_col[i] and ((not in_batch and o != i) or pid in known or text == r.positive)
+                for j, (o, pid, text, doc) in enumerate(zip(owner, ids, passages, docs, strict=True))
+                if j != positive_col[i]
+                and (
+                    (not in_batch and o != i)
+                    or pid in known
+                    or text == r.positive
+                    or (same_doc is not None and o != i and doc == same_doc)
+                )
             ]
         )
     return Batch(

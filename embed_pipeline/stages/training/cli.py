@@ -28,6 +28,13 @@ def _main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Fine-tune an embedding model on training_examples rows.")
     parser.add_argument("--train", type=Path, required=True, help="train.jsonl of TrainingExample rows.")
     parser.add_argument("--val", type=Path, default=None, help="val.jsonl (optional: without it, keep the last step).")
+    parser.add_argument(
+        "--val-retrieval",
+        type=Path,
+        default=None,
+        help="BEIR folder of the validation queries against the mining corpus (training_examples/val_retrieval): "
+        "checkpoints are then chosen by validation nDCG@10.",
+    )
     parser.add_argument("--model", default=EncoderConfig().model, help="Base model: hub id or local folder.")
     parser.add_argument("--out", type=Path, required=True, help="Output model folder.")
     parser.add_argument("--pooling", choices=["mean", "cls", "last_token"], default="mean")
@@ -69,7 +76,13 @@ def _main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
     if args.config is not None:
         encoder_config, config = read_config_file(args.config)
-        return _report(finetune(args.train, args.val, encoder_config, config, args.out, resume=args.resume), args)
+        return _report(
+            finetune(
+                args.train, args.val, encoder_config, config, args.out, resume=args.resume,
+                val_retrieval=args.val_retrieval,
+            ),
+            args,
+        )  # fmt: skip
     lengths = {"query_max_length": args.max_length, "passage_max_length": args.max_length} if args.max_length else {}
     encoder_config = EncoderConfig(
         model=args.model,
@@ -97,7 +110,12 @@ def _main(argv: list[str] | None = None) -> int:
         seed=args.seed,
         matryoshka_dims=args.matryoshka_dims,
     )
-    return _report(finetune(args.train, args.val, encoder_config, config, args.out, resume=args.resume), args)
+    return _report(
+        finetune(
+            args.train, args.val, encoder_config, config, args.out, resume=args.resume, val_retrieval=args.val_retrieval
+        ),
+        args,
+    )
 
 
 def _report(result: TrainResult, args: argparse.Namespace) -> int:

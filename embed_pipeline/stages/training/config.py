@@ -41,14 +41,16 @@ class TrainingConfig(BaseModel):
         description="Rows per optimizer step, over all processes; lowered automatically for small data "
         "(min_steps_per_epoch).",
     )
+    # Memory-bounded by default: one pass of 64 abstract-length rows (1 positive + 4 negatives, 256 tokens) peaked
+    # at 16 GB RSS on CPU, so the default batch of 128 would not fit a 24 GB machine (benchmarks/RESULTS.md).
     local_batch_size: int | None = Field(
-        None,
+        32,
         ge=1,
         description="Rows per forward/backward pass on each process; global_batch_size is reached by GradCache or "
-        "gradient accumulation over these (and across torchrun processes). None: each process's whole share of the "
-        "batch in one pass (fastest). Set it (e.g. 32) to bound memory: with grad_cache the gradient stays exactly "
-        "the one-pass batch's. Measured on MiniLM, 128 rows: CPU peak RSS 10.0 GB -> 5.0 GB at 32 rows, step time "
-        "7.1 s -> 11.3 s.",
+        "gradient accumulation over these (and across torchrun processes), with grad_cache the gradient staying "
+        "exactly the one-pass batch's. Bounds memory: MiniLM, 128 rows: CPU peak RSS 10.0 GB at one pass -> 5.0 GB "
+        "at 32 rows, step time 7.1 s -> 11.3 s. None: each process's whole share of the batch in one pass (fastest, "
+        "when memory allows).",
     )
     grad_cache: bool = Field(
         True,
@@ -68,6 +70,12 @@ class TrainingConfig(BaseModel):
         description="Also score each query against the other rows' passages of its batch (identical passages and "
         "the query's own positives are never negatives). False: its hard negatives only.",
     )
+    same_document_in_batch: bool = Field(
+        True,
+        description="Let other rows' passages from the query's own document be its in-batch negatives. False masks "
+        "them: in a corpus of few documents many rows share one, and its other passages often answer the query too "
+        "(rows written before training_examples recorded documents are never masked).",
+    )
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping: maximum global L2 norm.")
     seed: int = Field(42, description="Seed for shuffling, dropout and any freshly initialised weights.")
     min_steps_per_epoch: int = Field(
@@ -78,20 +86,32 @@ class TrainingConfig(BaseModel):
     )
     eval_every_epoch: bool = Field(
         True,
-        description="Validate after every epoch and keep the best checkpoint by val loss. With this off and no "
+        description="Validate after every epoch and keep the best checkpoint (selection_metric). With this off and no "
         "eval_steps: validate once after the last step and keep the last.",
     )
     eval_steps: int | None = Field(
         None,
         ge=1,
-        description="Also validate every this many optimizer steps (best checkpoint by val loss). None: epoch ends "
-        "only (eval_every_epoch).",
+        description="Also validate every this many optimizer steps (best checkpoint by selection_metric). None: "
+        "epoch ends only (eval_every_epoch).",
+    )
+    selection_metric: Literal["ndcg_at_10", "val_loss"] = Field(
+        "ndcg_at_10",
+        description="What picks the kept checkpoint: 'ndcg_at_10', retrieval of the validation queries against the "
+        "mining corpus (what the product is measured by; the base model is a candidate too, so a fine-tune that "
+        "never beats it on validation keeps the base), or 'val_loss' (the recipe's proxy). ndcg_at_10 needs the "
+        "val_retrieval folder training_examples writes; without it val_loss is used.",
     )
     early_stopping_patience: int | None = Field(
         None,
         ge=1,
-        description="Stop after this many validations in a row without a lower val loss (the best checkpoint is "
-        "kept). None: never stop early.",
+        description="Stop after this many validations in a row without improvement of selection_metric (the best "
+        "checkpoint is kept). None: never stop early.",
+    )
+    lr_sweep: bool = Field(
+        False,
+        description="Train at 0.5x, 1x and 2x learning_rate and keep the run best by validation nDCG@10, as the "
+        "recipe's FAQ advises doing by hand (three trainings: off by default on CPU).",
     )
     checkpoint_steps: int | None = Field(
         50,
@@ -167,9 +187,11 @@ class StepLog(BaseModel):
 
 
 class EvalLog(BaseModel):
-    step: int = Field(description="Optimizer steps done when validated.")
+    step: int = Field(description="Optimizer steps done when validated (0: the base model, before training).")
     epoch: int
-    val_loss: float
+    val_loss: float | None = Field(None, description="Training loss on the validation rows (None: no rows).")
+    val_ndcg_at_10: float | None = Field(None, description="Validation retrieval nDCG@10 (None: not measured).")
+    val_recall_at_10: float | None = None
     saved: bool = Field(description="Whether these weights were written to the output folder (new best).")
 
 
@@ -177,9 +199,21 @@ class EpochLog(BaseModel):
     epoch: int
     train_loss: float = Field(description="Mean training loss over the epoch's rows (those trained, if cut short).")
     val_loss: float | None = Field(description="Validation loss at the epoch's end (None: not measured).")
+    val_ndcg_at_10: float | None = Field(None, description="Validation nDCG@10 at the epoch's end (None: not measured)")
     seconds: float
     saved: bool = Field(description="Whether this epoch's end weights were written to the output folder.")
     complete: bool = Field(True, description="False when early stopping ended the epoch before its last batch.")
+
+
+class LrSweepRun(BaseModel):
+    """One learning rate of an ``lr_sweep``."""
+
+    learning_rate: float
+    best_val_ndcg_at_10: float | None
+    best_val_loss: float | None
+    best_step: int | None
+    seconds: float
+    kept: bool
 
 
 class TrainingHistory(BaseModel):
@@ -202,10 +236,15 @@ class TrainingHistory(BaseModel):
     total_steps: int
     warmup_steps: int | None = Field(None, description="Warmup steps used (warmup_ratio resolved).")
     initial_val_loss: float | None = Field(None, description="Val loss of the base model, before any step.")
-    best_epoch: int | None = None
+    initial_val_ndcg_at_10: float | None = Field(None, description="Validation nDCG@10 of the base model.")
+    best_epoch: int | None = Field(None, description="Epoch of the kept weights (0: the base model was kept).")
     best_step: int | None = None
     best_val_loss: float | None = None
+    best_val_ndcg_at_10: float | None = None
+    selection_metric: str = Field("val_loss", description="What chose the kept checkpoint (ndcg_at_10 or val_loss).")
+    val_retrieval_queries: int = Field(0, description="Validation queries behind val_ndcg_at_10.")
     selection: str = Field("", description="How the saved checkpoint was chosen.")
+    lr_sweep: list[LrSweepRun] = Field(default_factory=list, description="The runs of an lr_sweep, kept one marked.")
     stopped_early: bool = False
     stop_reason: str | None = None
     resumed_from_steps: list[int] = Field(default_factory=list, description="Steps this run was resumed from.")
@@ -230,6 +269,7 @@ class TrainResult(BaseModel):
     steps: int
     best_epoch: int
     best_val_loss: float | None
+    best_val_ndcg_at_10: float | None = None
     final_train_loss: float
     history: TrainingHistory
     seconds: float
@@ -253,6 +293,7 @@ class TrainResult(BaseModel):
             steps=history.steps[-1].step if history.steps else 0,
             best_epoch=history.best_epoch,
             best_val_loss=history.best_val_loss,
+            best_val_ndcg_at_10=history.best_val_ndcg_at_10,
             final_train_loss=history.epochs[-1].train_loss,
             history=history,
             seconds=history.seconds,

@@ -42,7 +42,7 @@ def read_config_file(path: Path) -> tuple[EncoderConfig, TrainingConfig]:
 
 def torchrun_command(
     num_processes: int, config_file: Path, train_path: Path, val_path: Path | None, out_dir: Path, result_file: Path,
-    resume: bool,
+    resume: bool, val_retrieval: Path | None = None,
 ) -> list[str]:  # fmt: skip
     """The torchrun command line (``python -m torch.distributed.run``: the same torch as this process)."""
     cmd = [
@@ -53,6 +53,8 @@ def torchrun_command(
     ]  # fmt: skip
     if val_path is not None:
         cmd += ["--val", str(val_path)]
+    if val_retrieval is not None:
+        cmd += ["--val-retrieval", str(val_retrieval)]
     if not resume:
         cmd.append("--no-resume")
     return cmd
@@ -68,6 +70,7 @@ def finetune_torchrun(
     logger: logging.Logger | None = None,
     resume: bool = True,
     env: dict[str, str] | None = None,
+    val_retrieval: Path | None = None,
 ) -> TrainResult:
     """``finetune`` in ``num_processes`` torchrun processes; returns rank 0's result."""
     log = logger or _log
@@ -76,7 +79,9 @@ def finetune_torchrun(
     with tempfile.TemporaryDirectory(prefix=f".{out_dir.name}.launch.", dir=out_dir.parent) as tmp:
         config_file, result_file = Path(tmp) / "config.json", Path(tmp) / "result.json"
         write_config_file(config_file, encoder_config, config)
-        cmd = torchrun_command(num_processes, config_file, train_path, val_path, out_dir, result_file, resume)
+        cmd = torchrun_command(
+            num_processes, config_file, train_path, val_path, out_dir, result_file, resume, val_retrieval
+        )
         log.info("Launching %d training processes: %s", num_processes, " ".join(cmd))
         tail: deque[str] = deque(maxlen=15)
         errors: list[str] = []  # the processes' own error lines (cli.main logs a failure as one ERROR line)
@@ -112,10 +117,17 @@ def run_finetune(
     out_dir: Path,
     logger: logging.Logger | None = None,
     resume: bool = True,
+    val_retrieval: Path | None = None,
 ) -> TrainResult:
-    """The fine-tune in this process (``num_processes`` 1) or in ``num_processes`` torchrun processes."""
+    """The fine-tune in this process (``num_processes`` 1) or in ``num_processes`` torchrun processes; with
+    ``lr_sweep``, three of them (``lr_sweep.py``)."""
+    if config.lr_sweep:
+        from embed_pipeline.stages.training.lr_sweep import run_lr_sweep
+
+        return run_lr_sweep(train_path, val_path, encoder_config, config, out_dir, logger, resume, val_retrieval)
     if config.num_processes > 1:
         return finetune_torchrun(
-            config.num_processes, train_path, val_path, encoder_config, config, out_dir, logger, resume
-        )
-    return finetune(train_path, val_path, encoder_config, config, out_dir, logger, resume)
+            config.num_processes, train_path, val_path, encoder_config, config, out_dir, logger, resume,
+            val_retrieval=val_retrieval,
+        )  # fmt: skip
+    return finetune(train_path, val_path, encoder_config, config, out_dir, logger, resume, val_retrieval)

@@ -88,6 +88,7 @@ from embed_pipeline.stages.training.resume import (
     train_state_dir,
 )
 from embed_pipeline.stages.training.step import batch_loss, non_finite, train_step
+from embed_pipeline.stages.training.validation import RetrievalValidation
 
 _log = logging.getLogger("embed_pipeline.training")
 
@@ -118,7 +119,9 @@ def evaluate_loss(
     size = config.local_batch_size if config.local_batch_size and not config.grad_cache else batch_size
     total = 0.0
     for part in chunks(rows, size)[dist.rank :: dist.world_size]:
-        batch = make_batch(part, config.train_n_passages, positives, config.in_batch_negatives)
+        batch = make_batch(
+            part, config.train_n_passages, positives, config.in_batch_negatives, config.same_document_in_batch
+        )
         total += float(batch_loss(encoder, batch, objective, autocast)) * len(part)
     encoder.model.train(was_training)
     return dist.sum(total, encoder.device) / len(rows)
@@ -154,6 +157,33 @@ def _validation_due(step: int, total_steps: int, end_of_epoch: bool, config: Tra
     return every_n or (end_of_epoch and config.eval_every_epoch) or step == total_steps
 
 
+def _retrieval_validation(
+    folder: Path | None, config: TrainingConfig, log: logging.Logger
+) -> RetrievalValidation | None:
+    """The validation-by-retrieval set, when selection is by nDCG@10 and the folder is there."""
+    if config.selection_metric != "ndcg_at_10":
+        return None
+    if folder is None or not (Path(folder) / "qrels").is_dir():
+        log.warning(
+            "selection_metric is ndcg_at_10 but there is no validation retrieval set (%s): selecting by validation "
+            "loss. Re-materialize training_examples to write it.", folder or "none given",
+        )  # fmt: skip
+        return None
+    return RetrievalValidation(Path(folder))
+
+
+def _shown(e: EvalLog) -> str:
+    parts = [] if e.val_ndcg_at_10 is None else [f"nDCG@10 {e.val_ndcg_at_10:.4f}"]
+    parts += [] if e.val_loss is None else [f"loss {e.val_loss:.4f}"]
+    return ", ".join(parts) or "n/a"
+
+
+def _best(history: TrainingHistory) -> str:
+    if history.selection_metric == "ndcg_at_10" and history.best_val_ndcg_at_10 is not None:
+        return f"nDCG@10 {history.best_val_ndcg_at_10:.4f}"
+    return "n/a" if history.best_val_loss is None else f"loss {history.best_val_loss:.4f}"
+
+
 def _selection(history: TrainingHistory, config: TrainingConfig, selecting: bool, has_val: bool) -> str:
     if not has_val:
         return "last step (no validation rows, so no best-checkpoint selection)"
@@ -161,11 +191,20 @@ def _selection(history: TrainingHistory, config: TrainingConfig, selecting: bool
         return "last step (eval_every_epoch is off and no eval_steps; validated once at the end)"
     when = ["every epoch"] if config.eval_every_epoch else []
     when += [f"every {config.eval_steps} steps"] if config.eval_steps else []
-    text = (
-        f"best validation loss of {len(history.evals)} validations ({' and '.join(when)}): "
-        f"step {history.best_step}, epoch {history.best_epoch}"
+    trained = history.evals
+    if history.selection_metric == "ndcg_at_10":
+        what = (
+            f"best validation nDCG@10 ({history.val_retrieval_queries} validation queries against the mining corpus) "
+            f"of the base model and {len(trained)} validations ({' and '.join(when)})"
+        )
+    else:
+        what = f"best validation loss of {len(trained)} validations ({' and '.join(when)})"
+    kept = (
+        "the base model (no fine-tuned checkpoint beat it)"
+        if history.best_step == 0
+        else f"step {history.best_step}, epoch {history.best_epoch}"
     )
-    return text + (f"; {history.stop_reason}" if history.stopped_early else "")
+    return f"{what}: {kept}" + (f"; {history.stop_reason}" if history.stopped_early else "")
 
 
 def finetune(
@@ -176,28 +215,37 @@ def finetune(
     out_dir: Path,
     logger: logging.Logger | None = None,
     resume: bool = True,
+    val_retrieval: Path | None = None,
 ) -> TrainResult:
     """Fine-tune ``encoder_config.model`` on ``train_path`` rows; write the best checkpoint to ``out_dir``.
 
+    ``val_retrieval``: a BEIR folder of the validation queries against the mining corpus (``validation.py``); with
+    it, checkpoints are chosen by validation nDCG@10 (``selection_metric``), else by validation loss.
     ``resume``: continue from the training state a killed run with the same data and configuration left in
     ``<out_dir>.train_state/`` (False: discard it and start over). Under ``torchrun`` every process calls this with
     the same arguments (see ``distributed.py``); each returns the same result and only rank 0 writes.
     """
     dist = Dist.from_env()
     try:
-        return _finetune(train_path, val_path, encoder_config, config, Path(out_dir), logger or _log, resume, dist)
+        return _finetune(
+            train_path, val_path, encoder_config, config, Path(out_dir), logger or _log, resume, dist, val_retrieval
+        )
     finally:
         dist.close()
 
 
 def input_fingerprint(
-    train_path: Path, val_path: Path | None, encoder_config: EncoderConfig, config: TrainingConfig
+    train_path: Path,
+    val_path: Path | None,
+    encoder_config: EncoderConfig,
+    config: TrainingConfig,
+    val_retrieval: Path | None = None,
 ) -> str:
     """What a kept model must have been trained on to be reused: data bytes, base model files, configuration."""
     base = Path(resolve_model_path(encoder_config.model))
     return inputs_fingerprint(
-        [train_path, val_path, base if base.is_dir() else None],
-        run_fingerprint(train_path, val_path, encoder_config, config),
+        [train_path, val_path, base if base.is_dir() else None, val_retrieval],
+        run_fingerprint(train_path, val_path, encoder_config, config, val_retrieval),
         ignore={"README.md", HISTORY_FILE},
     )
 
@@ -237,10 +285,15 @@ def _finetune(
     log: logging.Logger,
     resume: bool,
     dist: Dist,
+    val_retrieval: Path | None = None,
 ) -> TrainResult:
     log = _quiet_unless_main(log, dist)
     started = time.perf_counter()
-    inputs_fp = input_fingerprint(train_path, val_path, encoder_config, config) if Path(train_path).is_file() else ""
+    inputs_fp = (
+        input_fingerprint(train_path, val_path, encoder_config, config, val_retrieval)
+        if Path(train_path).is_file()
+        else ""
+    )
     if config.reuse_unchanged and inputs_fp and (kept := reusable_result(out_dir, inputs_fp, log)) is not None:
         return kept
     out_dir = Path(out_dir)
@@ -301,8 +354,12 @@ def _finetune(
         encoder_config.model, device, len(train_rows), history.train_data.unique_queries, len(val_rows),
         config.num_epochs, steps_per_epoch,
     )  # fmt: skip
-    selecting = bool(val_rows) and (config.eval_every_epoch or config.eval_steps is not None)
-    if not val_rows:
+    retrieval = _retrieval_validation(val_retrieval, config, log)
+    history.selection_metric = "ndcg_at_10" if retrieval is not None else "val_loss"
+    history.val_retrieval_queries = retrieval.num_queries if retrieval is not None else 0
+    has_val = bool(val_rows) or retrieval is not None
+    selecting = has_val and (config.eval_every_epoch or config.eval_steps is not None)
+    if not has_val:
         log.warning("No validation rows: the last step is kept (no best-checkpoint selection).")
     if config.early_stopping_patience and not selecting:
         log.warning("early_stopping_patience is ignored: there are no validations to compare.")
@@ -311,42 +368,67 @@ def _finetune(
     optimizer = make_optimizer(model, config)
     loop = LoopState()
     state_dir = train_state_dir(out_dir)
-    fingerprint = run_fingerprint(train_path, val_path, encoder_config, config)
+    fingerprint = run_fingerprint(train_path, val_path, encoder_config, config, val_retrieval)
     saved_state = load_train_state(state_dir, fingerprint, resume, log)
     resumed_from = None
+
+    def measure() -> EvalLog:
+        """Validation now: loss on the val rows, nDCG@10 of the val queries (rank 0 measures, all agree)."""
+        val_loss = evaluate_loss(encoder, val_rows, config, batch_size, autocast, objective, dist) if val_rows else None
+        if val_loss is not None and not math.isfinite(val_loss):
+            raise non_finite("validation loss", val_loss, f"step {loop.step} (epoch {loop.epoch})", config)
+        ndcg = recall = None
+        if retrieval is not None:
+            scores = retrieval(encoder) if dist.is_main else {"ndcg_at_10": 0.0, "recall_at_10": 0.0}
+            ndcg, recall = dist.sum(scores["ndcg_at_10"], device), dist.sum(scores["recall_at_10"], device)
+        epoch = loop.epoch if loop.step else 0
+        return EvalLog(
+            step=loop.step, epoch=epoch, val_loss=val_loss, val_ndcg_at_10=ndcg, val_recall_at_10=recall, saved=False
+        )
+
+    def score(e: EvalLog) -> float:
+        """Higher is better: validation nDCG@10, or minus the validation loss."""
+        return e.val_ndcg_at_10 if retrieval is not None else -e.val_loss  # type: ignore[operator,return-value]
+
+    def keep(e: EvalLog) -> None:
+        e.saved = True
+        loop.best_val, loop.evals_since_best = score(e), 0
+        history.best_epoch, history.best_step = e.epoch, e.step
+        history.best_val_loss, history.best_val_ndcg_at_10 = e.val_loss, e.val_ndcg_at_10
+        if dist.is_main:
+            save_checkpoint(encoder, out_dir, history)
+
     if saved_state is not None:
         loop, history = restore_train_state(saved_state, model, optimizer, state_dir, dist.rank, dist.world_size, log)
         history.device, history.training_config, resumed_from = str(device), config, loop.step
         history.resumed_from_steps.append(loop.step)
         log.info(
-            "Resuming from %s: step %d/%d, epoch %d (%d/%d batches done), best val loss %s.",
-            state_dir, loop.step, total_steps, loop.epoch, loop.batches_done, steps_per_epoch,
-            "n/a" if history.best_val_loss is None else f"{history.best_val_loss:.4f}",
+            "Resuming from %s: step %d/%d, epoch %d (%d/%d batches done), best validation %s.",
+            state_dir, loop.step, total_steps, loop.epoch, loop.batches_done, steps_per_epoch, _best(history),
         )  # fmt: skip
         del saved_state
-    elif val_rows:
-        history.initial_val_loss = evaluate_loss(encoder, val_rows, config, batch_size, autocast, objective, dist)
-        log.info("Val loss before training: %.4f", history.initial_val_loss)
+    elif has_val:
+        base = measure()
+        history.initial_val_loss, history.initial_val_ndcg_at_10 = base.val_loss, base.val_ndcg_at_10
+        log.info("Base model before training: validation %s.", _shown(base))
+        if selecting and retrieval is not None:
+            # The base model is a candidate: a fine-tune that never beats it on validation keeps the base.
+            keep(base)
     prior_seconds = history.seconds
 
     def validate() -> tuple[bool, bool]:
-        """Validation loss now; a new best is saved to ``out_dir``. Returns (saved, stop early)."""
-        val_loss = evaluate_loss(encoder, val_rows, config, batch_size, autocast, objective, dist)
-        if not math.isfinite(val_loss):
-            raise non_finite("validation loss", val_loss, f"step {loop.step} (epoch {loop.epoch})", config)
-        improved = selecting and val_loss < loop.best_val
-        history.evals.append(EvalLog(step=loop.step, epoch=loop.epoch, val_loss=val_loss, saved=improved))
+        """Validate now; a new best is saved to ``out_dir``. Returns (saved, stop early)."""
+        now = measure()
+        improved = selecting and score(now) > loop.best_val
         if improved:
-            loop.best_val, loop.evals_since_best = val_loss, 0
-            history.best_epoch, history.best_step, history.best_val_loss = loop.epoch, loop.step, val_loss
-            if dist.is_main:
-                save_checkpoint(encoder, out_dir, history)
+            keep(now)
         elif selecting:
             loop.evals_since_best += 1
+        history.evals.append(now)
         note = ""
         if selecting:
-            note = " (best so far: saved)" if improved else f" (best {loop.best_val:.4f} at step {history.best_step})"
-        log.info("Step %d/%d (epoch %d): val loss %.4f%s", loop.step, total_steps, loop.epoch, val_loss, note)
+            note = " (best so far: saved)" if improved else f" (best {_best(history)} at step {history.best_step})"
+        log.info("Step %d/%d (epoch %d): validation %s%s", loop.step, total_steps, loop.epoch, _shown(now), note)
         patience = config.early_stopping_patience
         if selecting and patience and loop.evals_since_best >= patience:
             history.stopped_early = True
@@ -366,14 +448,15 @@ def _finetune(
             epoch=loop.epoch,
             train_loss=loop.epoch_loss_sum / rows,
             val_loss=now.val_loss if now else None,
+            val_ndcg_at_10=now.val_ndcg_at_10 if now else None,
             seconds=round(seconds, 3),
             saved=bool(now and now.saved),
             complete=complete,
         )
         history.epochs.append(epoch_log)
-        shown = "n/a" if now is None else f"{now.val_loss:.4f}"
+        shown = "n/a" if now is None else _shown(now)
         log.info(
-            "Epoch %d/%d: train loss %.4f, val loss %s", loop.epoch, config.num_epochs, epoch_log.train_loss, shown
+            "Epoch %d/%d: train loss %.4f, validation %s", loop.epoch, config.num_epochs, epoch_log.train_loss, shown
         )
 
     positives = positives_by_query(train_rows)
@@ -407,7 +490,7 @@ def _finetune(
             # Validation, the epoch's record, the resumable state.
             end_of_epoch = loop.batches_done == len(batches)
             saved = False
-            if val_rows and _validation_due(loop.step, total_steps, end_of_epoch, config):
+            if has_val and _validation_due(loop.step, total_steps, end_of_epoch, config):
                 saved, stop = validate()
             if end_of_epoch or stop:
                 record_epoch(time.perf_counter() - epoch_start, complete=end_of_epoch)
@@ -425,9 +508,11 @@ def _finetune(
     # The output folder: the best validation already saved, or the last step.
     if not selecting:
         history.best_epoch, history.best_step = history.epochs[-1].epoch, loop.step
-        history.best_val_loss = history.evals[-1].val_loss if history.evals else None
+        last = history.evals[-1] if history.evals and history.evals[-1].step == loop.step else None
+        history.best_val_loss = last.val_loss if last else None
+        history.best_val_ndcg_at_10 = last.val_ndcg_at_10 if last else None
         history.epochs[-1].saved = True
-    history.selection = _selection(history, config, selecting, bool(val_rows))
+    history.selection = _selection(history, config, selecting, has_val)
     history.seconds = round(prior_seconds + time.perf_counter() - started, 3)
     history.examples_per_s = round(loop.rows_trained / max(loop.train_seconds, 1e-9), 3)
     history.finished = True

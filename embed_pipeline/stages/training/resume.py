@@ -25,12 +25,13 @@ import torch
 
 from embed_pipeline.core.artifacts import atomic_path
 from embed_pipeline.core.encoder import EncoderConfig
+from embed_pipeline.core.reuse import inputs_fingerprint
 from embed_pipeline.stages.training.config import TrainingConfig, TrainingHistory
 from embed_pipeline.stages.training.grad_cache import set_rng_state
 
 STATE_SUFFIX = ".train_state"
 STATE_FILE = "state.pt"
-STATE_FORMAT = 2  # bump when the saved state's layout changes: older states are then not resumed
+STATE_FORMAT = 3  # bump when the saved state's layout changes: older states are then not resumed
 FINGERPRINT_FILE = "fingerprint.json"
 # Fields that do not change the optimisation: a saved state stays resumable when only these differ.
 NOT_FINGERPRINTED = {"log_every_s", "checkpoint_steps", "num_processes", "reuse_unchanged"}
@@ -47,7 +48,7 @@ class LoopState:
     epoch_seconds: float = 0.0  # wall time of this epoch before the current process started it
     rows_trained: int = 0
     train_seconds: float = 0.0
-    best_val: float = math.inf
+    best_val: float = -math.inf  # the best validation score so far (higher is better: nDCG@10, or minus the loss)
     evals_since_best: int = 0
 
 
@@ -68,13 +69,18 @@ def _file_sha256(path: Path | None) -> str | None:
 
 
 def run_fingerprint(
-    train_path: Path, val_path: Path | None, encoder_config: EncoderConfig, config: TrainingConfig
+    train_path: Path,
+    val_path: Path | None,
+    encoder_config: EncoderConfig,
+    config: TrainingConfig,
+    val_retrieval: Path | None = None,
 ) -> dict:
     """What a saved state must match to be resumed: the data's bytes and the configurations."""
     return {
         "state_format": STATE_FORMAT,
         "train_sha256": _file_sha256(train_path),
         "val_sha256": _file_sha256(val_path),
+        "val_retrieval_sha256": inputs_fingerprint([val_retrieval], None) if val_retrieval else None,
         "encoder_config": encoder_config.model_dump(mode="json"),
         "training_config": config.model_dump(mode="json", exclude=NOT_FINGERPRINTED),
     }
@@ -87,6 +93,7 @@ def fingerprint_mismatch(saved: dict, current: dict) -> str | None:
         ("state_format", "the state was written by another version of this code"),
         ("train_sha256", "the training file changed"),
         ("val_sha256", "the validation file changed"),
+        ("val_retrieval_sha256", "the validation retrieval set changed"),
     )
     why += [what for key, what in changed if saved.get(key) != current[key]]
     for key in ("encoder_config", "training_config"):

@@ -119,11 +119,14 @@ def train_step(
     if plan.one_pass or plan.grad_cache:
         start, end = shard_bounds(len(rows), dist.world_size)[dist.rank]
         n_chunks = math.ceil((end - start) / plan.local_batch_size) if plan.grad_cache else 1
-        batch = make_batch(rows, n, positives, in_batch)
+        batch = make_batch(rows, n, positives, in_batch, config.same_document_in_batch)
         loss = share_backward(encoder, batch, objective, dist, config, where, n_chunks, autocast)
     else:
         start, end = shard_bounds(len(rows), dist.world_size)[dist.rank]
-        micro = [make_batch(part, n, positives, in_batch) for part in chunks(rows[start:end], plan.local_batch_size)]
+        micro = [
+            make_batch(part, n, positives, in_batch, config.same_document_in_batch)
+            for part in chunks(rows[start:end], plan.local_batch_size)
+        ]
         own = accumulate_backward(encoder, micro, len(rows), objective, config, where, autocast)
         loss = dist.sum(own, encoder.device)
     dist.all_reduce_grads(encoder.model)
