@@ -89,6 +89,7 @@ def test_all_assets_materialize_in_process(tmp_path: Path, sample_corpus: Path, 
         low, high = metrics[f"{key}_at_10_delta_ci95_low"].value, metrics[f"{key}_at_10_delta_ci95_high"].value
         assert low <= metrics[f"{key}_at_10_delta"].value <= high
     assert "query_type" in metrics["metrics_by_query_kind"].value  # cloze and keyword queries, sliced
+    assert metrics["changes_with_intervals"].value.startswith("![changes with their intervals](data:image/png")
 
     evaluations = {c.check_name: c for c in result.get_asset_check_evaluations()}
     checks = {name: c.passed for name, c in evaluations.items()}

@@ -62,3 +62,28 @@ def metrics_bars(base: dict[str, float], finetuned: dict[str, float], k_values: 
     ax.set_ylim(0, 1)
     ax.legend()
     return _figure_md(fig, "base vs fine-tuned")
+
+
+def delta_intervals(sets: dict[str, dict]) -> dg.MetadataValue:
+    """The change of every metric@k (fine-tuned minus base) with its 95% interval, one colour per query set;
+    an interval crossing the dashed zero line is no measured change."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = list(next(iter(sets.values())))
+    fig, ax = plt.subplots(figsize=(6, max(3, 0.3 * len(keys) * len(sets))))
+    offsets = [0.15 * (i - (len(sets) - 1) / 2) for i in range(len(sets))]
+    for (name, intervals), offset in zip(sets.items(), offsets, strict=True):
+        ys = [i + offset for i in range(len(keys))]
+        deltas = [intervals[k].delta for k in keys]
+        errors = [[d - intervals[k].low for d, k in zip(deltas, keys, strict=True)],
+                  [intervals[k].high - d for d, k in zip(deltas, keys, strict=True)]]  # fmt: skip
+        ax.errorbar(deltas, ys, xerr=errors, fmt="o", capsize=3, label=name)
+    ax.axvline(0.0, color="grey", ls="--", lw=1)
+    ax.set_yticks(range(len(keys)), [k.replace("_at_", "@") for k in keys])
+    ax.invert_yaxis()
+    ax.set_xlabel("fine-tuned minus base (95% interval)")
+    ax.legend(loc="best")
+    return _figure_md(fig, "changes with their intervals")

@@ -14,7 +14,7 @@ from embed_pipeline.defs.compute import GPU_POOL, ComputeTarget, run_stage
 from embed_pipeline.defs.config import run_config_for, to_stage
 from embed_pipeline.defs.metadata import path_value, upstream_file
 from embed_pipeline.defs.partitions import corpus_partitions
-from embed_pipeline.defs.plots import metrics_bars
+from embed_pipeline.defs.plots import delta_intervals, metrics_bars
 from embed_pipeline.defs.resources import BaseEncoder, PipelineStorage
 from embed_pipeline.stages.evaluation import RetrievalMetricsConfig, RetrievalMetricsResult
 
@@ -120,6 +120,10 @@ def retrieval_metrics(
         metadata={
             "metrics_table": dg.MetadataValue.md(result.table),
             "base_vs_finetuned": metrics_bars(result.base, result.finetuned, result.k_values),
+            "changes_with_intervals": delta_intervals(
+                {"synthetic test queries": result.intervals}
+                | ({"real queries": result.real.intervals} if result.real is not None else {})
+            ),
             **optional,
             **{k: dg.MetadataValue.float(float(v)) for k, v in numbers.items()},
             **interval_metadata("", result.intervals),
