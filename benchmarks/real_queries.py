@@ -168,6 +168,10 @@ class Data:
         self.train_queries = {p.query_type for p in read_jsonl(self.dir / "qa_splits" / "train.jsonl", QAPair)}
 
 
+def _int_or_none(value: str) -> int | None:
+    return None if value.lower() == "none" else int(value)
+
+
 def _selection(sel: dict) -> str:
     if sel["val_ndcg_at_10_base"] is None:
         return f"- (step {sel['kept_step']}/{sel['total_steps']})"
@@ -200,6 +204,12 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="120 abstracts and the defaults only (a few minutes).")
     parser.add_argument("--work", type=Path, default=Path("/tmp/embed_real_queries"), help="Cache folder.")
     parser.add_argument("--model", default=MODEL, help="Base model.")
+    parser.add_argument(
+        "--local-batch-size",
+        default="default",
+        help="Rows per forward/backward pass for every candidate ('none': one pass, fastest, most memory). GradCache "
+        "makes the gradient exactly the one-pass one, so this changes time and memory, not the results.",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
     candidates = dict(CANDIDATES) | (json.loads(args.extra) if args.extra else {})
@@ -230,7 +240,8 @@ def main() -> int:
     for name in names:
         overrides = candidates[name]
         data = Data(work, chunks, base_encoder, overrides)
-        training = TrainingConfig(**overrides.get("training", {}))
+        memory = {} if args.local_batch_size == "default" else {"local_batch_size": _int_or_none(args.local_batch_size)}
+        training = TrainingConfig(**(memory | overrides.get("training", {})))
         out = work / "models" / _hash({"data": data.key, "training": training.model_dump(mode="json")})
         start = time.perf_counter()
         result = run_finetune(

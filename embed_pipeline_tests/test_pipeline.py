@@ -78,6 +78,14 @@ def test_all_assets_materialize_in_process(tmp_path: Path, sample_corpus: Path, 
     assert docs["num_skipped"].value == 1
     assert "binary" in docs["skipped_files"].value
 
+    trained = _metadata(result, "finetuned_model")
+    settings = trained["encoder_settings"].value
+    assert (
+        "| query_max_length | `64` | set by you |" in settings
+        and "| query_prefix | `'query: '` | recipe default |" in settings
+    )
+    assert "no validation rows" in trained["selection"].value  # 4 documents: no val split, the last step is kept
+
     metrics = _metadata(result, "retrieval_metrics")
     for who in ("base", "finetuned"):
         for metric in ("ndcg", "recall", "precision", "map"):

@@ -62,6 +62,10 @@ def finetuned_model(
         f"| 0 (base) | - | {_fmt(history.initial_val_loss)} | {_fmt(history.initial_val_ndcg_at_10)} | - | "
         f"{'yes' if history.best_step == 0 else ''} |\n"
     )
+    values, sources = base_encoder.resolved()
+    encoder_table = "| setting | value | from |\n|---|---|---|\n" + "\n".join(
+        f"| {name} | `{values[name]!r}` | {sources[name]} |" for name in values
+    )
     base_point = [{"step": 0, "val_loss": history.initial_val_loss, "val_ndcg_at_10": history.initial_val_ndcg_at_10}]
     sweep = {}
     if history.lr_sweep:
@@ -83,6 +87,7 @@ def finetuned_model(
                 + epoch_rows
             ),
             **sweep,
+            "encoder_settings": dg.MetadataValue.md(encoder_table),
             "selection": history.selection,
             "selection_metric": history.selection_metric,
             "kept_base_model": history.best_step == 0,
