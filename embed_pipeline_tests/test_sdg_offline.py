@@ -213,3 +213,25 @@ def test_entry_point(tmp_path: Path, chunks: list[Chunk]) -> None:
     write_jsonl(tmp_path / "chunks.jsonl", chunks)
     assert main([str(tmp_path / "chunks.jsonl"), str(tmp_path / "qa"), "--seed", "3"]) == 0
     assert dump(read_qa_pairs(tmp_path / "qa")) == dump(generate_offline(chunks, OfflineGeneratorConfig(seed=3)))
+
+
+def test_title_queries_point_at_every_chunk_of_their_document() -> None:
+    def chunk(doc: str, i: int, sentences: list[str]) -> Chunk:
+        return Chunk(chunk_id=f"{doc}_{i}", doc_id=doc, index=i, text=" ".join(sentences), sentences=sentences)
+
+    body = ["Hematopoietic stem cells divide rarely in the marrow.", "GATA-3 controls their entry into cycle."]
+    chunks = [
+        chunk("paper.txt", 0, ["GATA-3 regulates hematopoietic stem cell maintenance", *body]),
+        chunk("paper.txt", 1, ["Mutant mice had fewer long-term stem cells.", "Fewer of them were cycling."]),
+        chunk("notes.md", 0, ["Introduction", "A heading of one word is no title at all."]),
+    ]
+    assert not [p for p in generate_offline(chunks) if p.query_type == "title"]  # off by default
+    titles = [
+        p for p in generate_offline(chunks, OfflineGeneratorConfig(title_queries=True)) if p.query_type == "title"
+    ]
+    assert len(titles) == 1  # "Introduction" is no title
+    [title] = titles
+    assert title.query == "GATA-3 regulates hematopoietic stem cell maintenance"
+    assert title.positive_chunk_ids == ["paper.txt_0", "paper.txt_1"] and title.doc_ids == ["paper.txt"]
+    assert title.extractive and title.query in chunks[0].text  # taken out of the first chunk where it is used
+    assert 7.0 <= title.quality_score <= 10.0

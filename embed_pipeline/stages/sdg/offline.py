@@ -15,6 +15,11 @@ No API key, no model, no network. Two kinds of query are made from every chunk; 
    the chunk's ``keyword_pool`` best terms and written in the order they appear in the chunk - the terse
    search-box query a user types. Up to ``max_keyword_per_chunk`` distinct queries per chunk.
 
+3. **Title queries** (``query_type="title"``, ``extractive=True``, with ``title_queries``). A document whose first
+   chunk starts with a title-like first line (3-30 words, at least three content terms) gives that title as a query
+   whose positives are all its chunks (taken out of the first): a short statement of what the whole document is
+   about, the shape of many real questions (a scientific claim and the abstract it cites). One per document.
+
 **Quality score (0-10)**, so the downstream filter (default threshold 7.0) can drop weak pairs:
 
 - cloze: ``10 x length x (0.3 content + 0.7 distinctiveness) x uniqueness x penalties``. *length* is 1 for
@@ -24,6 +29,8 @@ No API key, no model, no network. Two kinds of query are made from every chunk; 
   *uniqueness* is 0.3 when the same sentence occurs in more than one chunk (boilerplate makes the positive
   ambiguous), else 1; *penalties*: fewer than three distinct content terms scale the score down proportionally,
   and a sentence mostly in capitals (licence text, banners) is halved.
+- title: ``7 + 3 x mean normalised TF-IDF`` of its terms (a title that passed the shape test is kept by the
+  default filter).
 - keyword: ``10 x mean normalised TF-IDF`` of the chosen terms, reduced in proportion when fewer than
   ``keyword_terms`` terms were available. A term's normalised TF-IDF is its IDF relative to the corpus's highest
   (a term found in one chunk only), mapped so that 38 % of it or less counts 0 and 100 % counts 1, times a modest
@@ -83,6 +90,12 @@ class OfflineGeneratorConfig(BaseModel):
     keyword_terms: int = Field(4, ge=1, description="Terms in one keyword query.")
     keyword_pool: int = Field(
         10, ge=1, description="Keyword terms are sampled from this many of the chunk's highest TF-IDF terms."
+    )
+    title_queries: bool = Field(
+        False,
+        description="Also use each document's title (its first line, when it reads as one: 3-30 words, at least "
+        "three content terms) as a query whose positives are all the document's chunks, the title taken out of the "
+        "first: a summary of the whole document, as a user's question about it often is.",
     )
 
 
@@ -347,6 +360,35 @@ def _pair(chunk: Chunk, query_id: str, query: str, query_type: str, score: float
     )
 
 
+def _title_pairs(doc_chunks: list[Chunk], tfidf: TfIdf) -> list[QAPair]:
+    """The document's title as a query for all its chunks (see ``title_queries``), or nothing."""
+    first = min(doc_chunks, key=lambda c: c.index)
+    if first.index != 0 or len(first.sentences) < 2:
+        return []
+    title = first.sentences[0].strip().lstrip("#").strip()
+    words = title.split()
+    terms = {t for t, _ in tokenize(title)}
+    if not 3 <= len(words) <= 30 or len(terms) < 3 or title not in first.text:
+        return []
+    # A title that passed the shape test is a good query: 7 (the default filter) to 10 by how distinctive its terms
+    # are on the corpus's 0-1 scale, as keyword queries are scored.
+    score = 7.0 + 3.0 * statistics.fmean(_normalised_weight(t, 1, tfidf) for t in terms)
+    ordered = sorted(doc_chunks, key=lambda c: c.index)
+    return [
+        QAPair(
+            query_id=f"{first.chunk_id}-t0",
+            query=title,
+            positive_chunk_ids=[c.chunk_id for c in ordered],
+            doc_ids=[first.doc_id],
+            query_type="title",
+            hop_count=1,
+            quality_score=round(min(10.0, max(0.0, score)), 2),
+            generator=GENERATOR_NAME,
+            extractive=True,  # taken out of the first chunk (a no-op for the others)
+        )
+    ]
+
+
 def _fit_corpus(chunks: Sequence[Chunk], chunk_tokens: list[list[tuple[str, str]]], min_words: int) -> _Corpus:
     tfidf = TfIdf.fit([[t for t, _ in tokens] for tokens in chunk_tokens])
     sentence_chunk_count: Counter = Counter()
@@ -389,6 +431,11 @@ def generate_offline(
         pairs += _cloze_pairs(chunk, corpus, config)
         pairs += _keyword_pairs(chunk, tokens, corpus.tfidf, config)
         progress.update(1, extra=f"{len(pairs)} queries")
+    if config.title_queries:
+        by_doc: dict[str, list[Chunk]] = {}
+        for chunk in chunks:
+            by_doc.setdefault(chunk.doc_id, []).append(chunk)
+        pairs += [p for doc_chunks in by_doc.values() for p in _title_pairs(doc_chunks, corpus.tfidf)]
     return pairs
 
 
