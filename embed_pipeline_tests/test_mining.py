@@ -81,7 +81,9 @@ def test_mining_excludes_test_documents_and_unrolls_positives(corpus, tiny_model
     for r in rows:
         assert len(r.negative_ids) == 4
         assert not set(r.negative_ids) & test_chunks
-        assert not set(r.negative_ids) & {"d0_0000", "d1_0001", "d2_0000"}
+        own = {"m": {"d0", "d1"}, "s": {"d2"}}[r.query_id]
+        assert not {n.split("_")[0] for n in r.negative_ids} & own  # default: no negative from its own documents
+        assert set(r.negative_doc_ids) <= {f"d{i}" for i in range(6)} - own
         assert r.negative_scores == sorted(r.negative_scores, reverse=True)
     assert result.num_excluded_test_chunks == 6
 
@@ -164,10 +166,9 @@ def test_same_document_negatives_can_be_excluded_and_documents_are_recorded(corp
         quality_score=9, generator="t",
     )  # fmt: skip
     keep_all = {"hard_negatives_to_mine": 30, "margin_type": "abs", "hard_neg_margin": -10.0}
-    default = mine_hard_negatives({"train": [pair]}, corpus, set(), encoder, MiningConfig(**keep_all))
-    [row] = default.examples["train"]
-    assert {"d2_0001", "d2_0002"} <= set(row.negative_ids)  # by default its own document's passages are negatives
+    allowed = MiningConfig(**keep_all, exclude_same_document=False)
+    [row] = mine_hard_negatives({"train": [pair]}, corpus, set(), encoder, allowed).examples["train"]
+    assert {"d2_0001", "d2_0002"} <= set(row.negative_ids)  # allowed: its own document's passages are negatives
     assert row.positive_doc_id == "d2" and row.negative_doc_ids == [n.split("_")[0] for n in row.negative_ids]
-    strict = MiningConfig(**keep_all, exclude_same_document=True)
-    [row] = mine_hard_negatives({"train": [pair]}, corpus, set(), encoder, strict).examples["train"]
-    assert "d2" not in row.negative_doc_ids and len(row.negative_ids) == len(corpus) - 3
+    [row] = mine_hard_negatives({"train": [pair]}, corpus, set(), encoder, MiningConfig(**keep_all)).examples["train"]
+    assert "d2" not in row.negative_doc_ids and len(row.negative_ids) == len(corpus) - 3  # the default excludes them

@@ -96,3 +96,24 @@ def test_write_splits_files(tmp_path):
     for name in ("train.jsonl", "val.jsonl", "test.jsonl", "doc_splits.json", "manifest.json"):
         assert (tmp_path / name).exists()
     assert sum(manifest["queries"].values()) == 40
+
+
+def test_eval_only_query_kinds_stay_in_val_and_test_but_never_train(tmp_path):
+    pairs = [
+        pair(f"{d}-{kind}", [d]).model_copy(update={"query_type": kind})
+        for d in DOCS
+        for kind in ("keyword", "inverse_cloze")
+    ]
+    result = split_pairs(pairs, DOCS, SplitConfig(min_test_queries=0))
+    kinds = {s: {p.query_type for p in ps} for s, ps in result.pairs.items()}
+    assert kinds == {"train": {"keyword"}, "val": {"keyword", "inverse_cloze"}, "test": {"keyword", "inverse_cloze"}}
+    assert result.num_eval_only_from_train == len(result.pairs["train"])  # one cloze query per training document
+    manifest = write_splits(result, tmp_path)
+    assert manifest["num_eval_only_left_out_of_train"] == result.num_eval_only_from_train
+    every_kind = split_pairs(pairs, DOCS, SplitConfig(min_test_queries=0, eval_only_query_types=[]))
+    assert {p.query_type for p in every_kind.pairs["train"]} == {"keyword", "inverse_cloze"}
+    assert every_kind.num_eval_only_from_train == 0
+    # Nothing left to train on: the warning says what to change.
+    only_cloze = [p for p in pairs if p.query_type == "inverse_cloze"]
+    warned = split_pairs(only_cloze, DOCS, SplitConfig(min_test_queries=0))
+    assert not warned.pairs["train"] and any("eval_only_query_types" in w for w in warned.warnings)

@@ -31,7 +31,7 @@ def _doc_splits(storage: PipelineStorage, corpus: str) -> dict[str, str]:
 
 @dg.asset(
     partitions_def=corpus_partitions,
-    code_version="1",
+    code_version="2",
     group_name="data",
     deps=[qa_pairs, chunks],
     kinds={"python"},
@@ -63,6 +63,7 @@ def qa_splits(context: dg.AssetExecutionContext, config: SplitsRunConfig, storag
             "test_documents": manifest["documents"]["test"],
             "below_quality_threshold": manifest["num_below_threshold"],
             "cross_split_dropped": manifest["num_cross_split_dropped"],
+            "eval_only_left_out_of_train": manifest["num_eval_only_left_out_of_train"],
             "test_documents_added_for_min_test_queries": manifest["test_documents_added_for_min_test_queries"],
             "warnings": dg.MetadataValue.md("\n".join(f"- {w}" for w in manifest["warnings"]) or "none"),
             "path": path_value(out),

@@ -1,6 +1,9 @@
 """The LLM-free synthetic query generator: training queries from the corpus itself, on CPU, in seconds.
 
 No API key, no model, no network. Two kinds of query are made from every chunk; the chunk is the positive.
+By default ``qa_splits`` trains on the keyword (and title) queries only and keeps the cloze sentences for
+validation and test (``eval_only_query_types``): on real claims about SciFact abstracts, cloze training gave no
+significant gain where keyword queries did (benchmarks/RESULTS.md).
 
 1. **Inverse cloze** (``query_type="inverse_cloze"``, ``extractive=True``). From a chunk with at least
    ``min_chunk_sentences_for_cloze`` sentences, up to ``max_cloze_per_chunk`` informative sentences are drawn
