@@ -76,8 +76,12 @@ HEADLINE = ["ndcg_at_10", "recall_at_10", "recall_at_100"]
 CANDIDATES: dict[str, dict[str, dict[str, Any]]] = {
     "defaults": {},
     "train on cloze queries too": {"splits": {"eval_only_query_types": []}},
-    "same-document negatives": {"mining": {"exclude_same_document": False}, "training": {"same_document_in_batch": True}},
-    "4 hard negatives": {"training": {"train_n_passages": 5}},
+    "same-document negatives": {
+        "mining": {"exclude_same_document": False},
+        "training": {"same_document_in_batch": True},
+    },
+    # One pass of 128 rows x 6 texts outgrew 24 GB (killed): GradCache micro-batches, the same gradient (README).
+    "4 hard negatives": {"training": {"train_n_passages": 5, "local_batch_size": 32}},
     "3 epochs": {"training": {"num_epochs": 3}},
     "title queries": {"generator": {"title_queries": True}},
     "lr 1e-5": {"training": {"learning_rate": 1e-5}},
@@ -165,7 +169,8 @@ class Data:
             write_training_examples(mined, self.dir / "training_examples")
             write_val_retrieval(split.pairs["val"], chunks, test_docs, self.dir / "training_examples")
             (self.dir / "seconds.txt").write_text(f"{time.perf_counter() - start:.1f}\n")
-            (self.dir / "configs.json").write_text(json.dumps({k: c.model_dump(mode="json") for k, c in configs.items()}))
+            resolved = {k: c.model_dump(mode="json") for k, c in configs.items()}
+            (self.dir / "configs.json").write_text(json.dumps(resolved, indent=1))
         self.train, self.val = (
             self.dir / "training_examples" / "train.jsonl",
             self.dir / "training_examples" / "val.jsonl",
@@ -185,8 +190,7 @@ def _selection(sel: dict) -> str:
     if sel["val_ndcg_at_10_base"] is None:
         return f"- (step {sel['kept_step']}/{sel['total_steps']})"
     return (
-        f"{sel['val_ndcg_at_10_base']:.4f} → {sel['val_ndcg_at_10_kept']:.4f} "
-        f"({sel['kept_step']}/{sel['total_steps']})"
+        f"{sel['val_ndcg_at_10_base']:.4f} → {sel['val_ndcg_at_10_kept']:.4f} ({sel['kept_step']}/{sel['total_steps']})"
     )
 
 
