@@ -6,8 +6,8 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source scripts/setup_env.sh
 CORPUS=${CORPUS:-stdlib_docs}
-# 30 modules (~22 documents after the size filter) keep the whole run near 15 minutes on 2 CPU cores;
-# DEMO_DOCS=0 builds all of them (about 80 documents; fine-tuning then takes ~40 minutes on CPU).
+# 30 modules (22 documents after the size filter, 221 test queries) ran in 6 minutes on 2 CPU cores;
+# DEMO_DOCS=0 builds all of them (80 documents, 549 test queries: 12 minutes). benchmarks/RESULTS.md has both.
 DEMO_DOCS=${DEMO_DOCS:-30}
 .venv/bin/embed-pipeline demo-corpus --name "$CORPUS" $([ "$DEMO_DOCS" != 0 ] && echo --max-docs "$DEMO_DOCS")
 .venv/bin/dagster asset materialize -m embed_pipeline --select '*' --partition "$CORPUS"
