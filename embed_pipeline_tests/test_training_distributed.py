@@ -28,7 +28,10 @@ def weights(result: TrainResult) -> dict[str, torch.Tensor]:
     "overrides",
     [
         {},  # in-batch + hard negatives, each process's share in one pass
-        {"local_batch_size": 2, "matryoshka_dims": [16, 8]},  # GradCache chunks inside each process; Matryoshka
+        # GradCache chunks inside each process; Matryoshka; 4 hard negatives, so rows short of negatives make uneven
+        # groups. (With 1 negative, this seed's last step drifts 0.4% from float rounding at the test's high learning
+        # rate; seed 7, lr 1e-3 or temperature 0.1 match to 1e-4, so it is not a difference of the computation.)
+        {"local_batch_size": 2, "matryoshka_dims": [16, 8], "train_n_passages": 5},
     ],
     ids=["one-pass", "grad-cache-matryoshka"],
 )
