@@ -152,7 +152,8 @@ class Data:
             "mining": MiningConfig(**mining),
         }
         # Keyed by the resolved configs, not the overrides, so a change of a code default never reuses stale rows.
-        self.key = _hash({k: c.model_dump(mode="json") for k, c in configs.items()})
+        resolved = {k: c.model_dump(mode="json") for k, c in configs.items()}
+        self.key = _hash(resolved)
         self.dir = work / "data" / self.key
         done = self.dir / "training_examples" / "train.jsonl"
         if not done.exists():
@@ -169,7 +170,6 @@ class Data:
             write_training_examples(mined, self.dir / "training_examples")
             write_val_retrieval(split.pairs["val"], chunks, test_docs, self.dir / "training_examples")
             (self.dir / "seconds.txt").write_text(f"{time.perf_counter() - start:.1f}\n")
-            resolved = {k: c.model_dump(mode="json") for k, c in configs.items()}
             (self.dir / "configs.json").write_text(json.dumps(resolved, indent=1))
         self.train, self.val = (
             self.dir / "training_examples" / "train.jsonl",

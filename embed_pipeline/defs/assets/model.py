@@ -5,7 +5,7 @@ import dagster as dg
 from embed_pipeline.defs.assets.datasets import training_examples
 from embed_pipeline.defs.compute import GPU_POOL, ComputeTarget, run_stage
 from embed_pipeline.defs.config import run_config_for, to_stage
-from embed_pipeline.defs.metadata import path_value, upstream_file
+from embed_pipeline.defs.metadata import path_value, sample_table, upstream_file
 from embed_pipeline.defs.partitions import corpus_partitions
 from embed_pipeline.defs.plots import training_curves
 from embed_pipeline.defs.resources import BaseEncoder, PipelineStorage
@@ -63,9 +63,7 @@ def finetuned_model(
         f"{'yes' if history.best_step == 0 else ''} |\n"
     )
     values, sources = base_encoder.resolved()
-    encoder_table = "| setting | value | from |\n|---|---|---|\n" + "\n".join(
-        f"| {name} | `{values[name]!r}` | {sources[name]} |" for name in values
-    )
+    encoder_rows = [{"setting": n, "value": f"`{values[n]!r}`", "from": sources[n]} for n in values]
     base_point = [{"step": 0, "val_loss": history.initial_val_loss, "val_ndcg_at_10": history.initial_val_ndcg_at_10}]
     sweep = {}
     if history.lr_sweep:
@@ -87,7 +85,7 @@ def finetuned_model(
                 + epoch_rows
             ),
             **sweep,
-            "encoder_settings": dg.MetadataValue.md(encoder_table),
+            "encoder_settings": sample_table(encoder_rows, ["setting", "value", "from"], n=len(encoder_rows)),
             "selection": history.selection,
             "selection_metric": history.selection_metric,
             "kept_base_model": history.best_step == 0,

@@ -348,11 +348,20 @@ def _keyword_pairs(
     ]
 
 
-def _pair(chunk: Chunk, query_id: str, query: str, query_type: str, score: float, extractive: bool) -> QAPair:
+def _pair(
+    chunk: Chunk,
+    query_id: str,
+    query: str,
+    query_type: str,
+    score: float,
+    extractive: bool,
+    positives: Sequence[Chunk] = (),
+) -> QAPair:
+    """A pair made from ``chunk``, its positives ``positives`` (default: the chunk alone)."""
     return QAPair(
         query_id=query_id,
         query=query,
-        positive_chunk_ids=[chunk.chunk_id],
+        positive_chunk_ids=[c.chunk_id for c in positives or [chunk]],
         doc_ids=[chunk.doc_id],
         query_type=query_type,
         reasoning_type=None,
@@ -377,19 +386,8 @@ def _title_pairs(doc_chunks: list[Chunk], tfidf: TfIdf) -> list[QAPair]:
     # are on the corpus's 0-1 scale, as keyword queries are scored.
     score = 7.0 + 3.0 * statistics.fmean(_normalised_weight(t, 1, tfidf) for t in terms)
     ordered = sorted(doc_chunks, key=lambda c: c.index)
-    return [
-        QAPair(
-            query_id=f"{first.chunk_id}-t0",
-            query=title,
-            positive_chunk_ids=[c.chunk_id for c in ordered],
-            doc_ids=[first.doc_id],
-            query_type="title",
-            hop_count=1,
-            quality_score=round(min(10.0, max(0.0, score)), 2),
-            generator=GENERATOR_NAME,
-            extractive=True,  # taken out of the first chunk (a no-op for the others)
-        )
-    ]
+    # extractive: the title is taken out of the first chunk wherever the pair is used (a no-op for the others).
+    return [_pair(first, f"{first.chunk_id}-t0", title, "title", score, extractive=True, positives=ordered)]
 
 
 def _fit_corpus(chunks: Sequence[Chunk], chunk_tokens: list[list[tuple[str, str]]], min_words: int) -> _Corpus:
