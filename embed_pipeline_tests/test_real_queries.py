@@ -81,6 +81,15 @@ def test_bad_lines_are_skipped_with_their_place(tmp_path: Path) -> None:
     assert real.skipped[3].startswith(f"{path}:4: no positive")
 
 
+def test_a_line_that_is_not_utf8_is_skipped_not_garbled(tmp_path: Path) -> None:
+    path = tmp_path / "q.jsonl"
+    good = json.dumps({"query": "ok", "positive": "json.txt"}).encode()
+    path.write_bytes(b"\xef\xbb\xbf" + good + b"\n" + b'{"query": "caf\xe9", "positive": "json.txt"}\n')  # BOM; Latin-1
+    real = load_real_queries(path, CHUNKS)
+    assert list(real.queries.values()) == ["ok"]
+    assert real.num_skipped == 1 and real.skipped[0].startswith(f"{path}:2: not UTF-8")
+
+
 def test_a_positive_that_names_nothing_is_an_error_with_its_line(tmp_path: Path) -> None:
     path = _jsonl(
         tmp_path / "q.jsonl",

@@ -189,22 +189,34 @@ class _Reader:
         )
 
 
-def _json_lines(path: Path, reader: _Reader, label: str) -> Iterator[tuple[str, dict]]:
-    """``(file:line, object)`` for each readable line; unreadable ones are skipped with their place."""
-    with path.open(encoding="utf-8-sig", errors="replace") as fh:
-        for number, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
+def _lines(path: Path, reader: _Reader, label: str) -> Iterator[tuple[int, str, str]]:
+    """``(number, file:line, text)`` for each line that decodes as UTF-8 (a BOM allowed); a line that does not is
+    skipped with its place rather than read with replacement characters that would change a query or a path."""
+    with path.open("rb") as fh:
+        for number, raw in enumerate(fh, 1):
             where = f"{label}:{number}"
             try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                reader.skip(where, f"not valid JSON ({exc.msg})")
+                text = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+            except UnicodeDecodeError as exc:
+                reader.skip(where, f"not UTF-8 (byte {exc.start} of the line): save the file as UTF-8")
                 continue
-            if not isinstance(obj, dict):
-                reader.skip(where, f"expected a JSON object, got {type(obj).__name__}")
-                continue
-            yield where, obj
+            yield number, where, text
+
+
+def _json_lines(path: Path, reader: _Reader, label: str) -> Iterator[tuple[str, dict]]:
+    """``(file:line, object)`` for each readable line; unreadable ones are skipped with their place."""
+    for _, where, line in _lines(path, reader, label):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            reader.skip(where, f"not valid JSON ({exc.msg})")
+            continue
+        if not isinstance(obj, dict):
+            reader.skip(where, f"expected a JSON object, got {type(obj).__name__}")
+            continue
+        yield where, obj
 
 
 def _text(value: object) -> str | None:
@@ -250,11 +262,11 @@ def _read_beir(root: Path, reader: _Reader) -> None:
     if not files:
         raise ValueError(f"BEIR folder {root}: qrels/ holds no .tsv file (expected qrels/test.tsv).")
     for path in files:
-        for number, line in enumerate(path.read_text(encoding="utf-8-sig", errors="replace").splitlines(), 1):
+        for number, where, line in _lines(path, reader, str(path)):
+            line = line.rstrip("\r\n")
             parts = line.split("\t") if "\t" in line else line.split()
             if not line.strip() or (number == 1 and parts and parts[0].strip() == "query-id"):
                 continue
-            where = f"{path}:{number}"
             reader.records += 1
             if len(parts) not in (3, 4):
                 reader.skip(where, f"expected 'query-id<TAB>corpus-id<TAB>score', got {line!r}")
