@@ -26,7 +26,7 @@ COPY embed_pipeline ./embed_pipeline
 # 3. faiss-cpu / onnxruntime (core dependencies) and faiss-gpu-cu12 / onnxruntime-gpu (gpu extra) install the same
 #    Python modules, and the last one unpacked wins: remove the CPU builds and reinstall the GPU ones over them.
 RUN pip list --format=freeze | grep -iE '^(torch|torchvision|torchaudio|triton|pytorch-triton)==' > /tmp/base.txt \
- && pip install --no-cache-dir -c /tmp/base.txt ".[gpu]" \
+ && pip install --no-cache-dir -c /tmp/base.txt ".[gpu,lora]" \
  && pip list --format=freeze | grep -iE '^(faiss-gpu-cu12|onnxruntime-gpu)==' > /tmp/gpu.txt \
  && pip uninstall -y faiss-cpu onnxruntime \
  && pip install --no-cache-dir --no-deps --force-reinstall -r /tmp/gpu.txt \

@@ -87,6 +87,8 @@ CANDIDATES: dict[str, dict[str, dict[str, Any]]] = {
     "lr 1e-5": {"training": {"learning_rate": 1e-5}},
     "temperature 0.05": {"training": {"temperature": 0.05}},
     "quality >= 5": {"splits": {"quality_threshold": 5.0}},
+    # The model's own attention dropout (MiniLM: 0.1) instead of none on CPU (the memory default, train_memory.py)
+    "attention dropout 0.1": {"training": {"attention_dropout": "model"}},
 }
 QUICK = ["defaults"]
 

@@ -33,6 +33,77 @@ def build_tiny_encoder(folder: Path, seed: int = 0) -> Path:
     return folder
 
 
+BIDIRECTIONAL_LLAMA_CODE = Path(__file__).parent / "data" / "bidirectional_llama" / "llama_bidirectional_model.py"
+
+
+def _tiny_bpe_tokenizer(texts: list[str]):
+    """A byte-level BPE tokenizer trained on ``texts`` in the shape of Llama 3's: a BOS token, no token type ids."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    bos, eos, pad = "<|begin_of_text|>", "<|end_of_text|>", "<|finetune_right_pad_id|>"
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=600, special_tokens=[bos, eos, pad], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tok.train_from_iterator(texts, trainer)
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, tok.token_to_id(bos))]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token=bos,
+        eos_token=eos,
+        pad_token=pad,
+        padding_side="right",
+        model_input_names=["input_ids", "attention_mask"],
+    )
+
+
+def build_tiny_bidirectional_llama(folder: Path, seed: int = 0) -> Path:
+    """A 2-layer, 32-wide bidirectional Llama (4 heads, 2 key-value heads) with its own modeling file named in
+    ``auto_map``: loads only with ``trust_remote_code``, like the recipe's models. No network."""
+    import importlib.util
+    import shutil
+
+    import torch
+
+    spec = importlib.util.spec_from_file_location("tiny_llama_bidirectional_model", BIDIRECTIONAL_LLAMA_CODE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    folder.mkdir(parents=True, exist_ok=True)
+    tokenizer = _tiny_bpe_tokenizer(list(SAMPLE_DOCS.values()))
+    torch.manual_seed(seed)
+    config = module.LlamaBidirectionalConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        architectures=["LlamaBidirectionalModel"],
+    )
+    config.auto_map = {
+        "AutoConfig": "llama_bidirectional_model.LlamaBidirectionalConfig",
+        "AutoModel": "llama_bidirectional_model.LlamaBidirectionalModel",
+    }
+    module.LlamaBidirectionalModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    shutil.copy(BIDIRECTIONAL_LLAMA_CODE, folder / BIDIRECTIONAL_LLAMA_CODE.name)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_bidirectional_llama(tmp_path_factory.mktemp("tiny_bidirectional_llama"))
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_encoder(tmp_path_factory.mktemp("tiny_encoder"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -216,3 +217,35 @@ def test_deploy_nim_container_that_exits_is_removed_and_reported(tmp_path: Path,
     assert kwargs["device_requests"] == [docker.types.DeviceRequest(device_ids=["0", "1"], capabilities=[["gpu"]])]
     assert "NGC_API_KEY" not in kwargs["environment"]
     assert os.environ.get("NGC_API_KEY") is None
+
+
+def test_nemotron_nims_default_to_the_model_path_contract(tmp_path: Path, monkeypatch) -> None:
+    """Nemotron NIMs 2.2+ read a Hugging Face folder from NIM_MODEL_PATH; other images keep NIM_CUSTOM_MODEL (ONNX)."""
+    from embed_pipeline.defs.assets import serving as serving_asset
+    from embed_pipeline.defs.resources import PipelineStorage, ServingTarget
+    from embed_pipeline.stages.serving.nim_container import default_model_env_var, wants_hf_folder
+    from embed_pipeline.stages.serving.service import ServiceInfo, utc_now
+
+    assert default_model_env_var("nvcr.io/nim/nvidia/llama-nemotron-embed-1b-v2:latest") == "NIM_MODEL_PATH"
+    assert default_model_env_var("nvcr.io/nim/nvidia/nemotron-3-embed-1b:2.2.0") == "NIM_MODEL_PATH"
+    assert default_model_env_var("nvcr.io/nim/nvidia/nv-embedqa-e5-v5:1.6.0") == "NIM_CUSTOM_MODEL"
+    assert wants_hf_folder("NIM_MODEL_PATH") and not wants_hf_folder("NIM_CUSTOM_MODEL")
+    command = docker_run_command(tmp_path, NimDeployConfig(image="nim:x", model_env_var="NIM_MODEL_PATH"))
+    assert "-e NIM_MODEL_PATH=/opt/custom-model" in command
+
+    deployed: list[tuple[Path, NimDeployConfig]] = []
+
+    def fake_deploy(model_dir, config):
+        deployed.append((Path(model_dir), config))
+        return ServiceInfo(kind="nim", url="http://x", base_url="http://x/v1", model_name="m",
+                           model_path=str(model_dir), backend="nim", started_at=utc_now(), ready_after_s=1.0,
+                           auth=False)  # fmt: skip
+
+    monkeypatch.setattr(serving_asset, "deploy_nim", fake_deploy)
+    storage = PipelineStorage(corpora_dir=str(tmp_path / "corpora"), artifacts_dir=str(tmp_path / "artifacts"))
+    for env_var, folder in ((None, "finetuned_model"), ("NIM_CUSTOM_MODEL", "onnx_model")):
+        serving = ServingTarget(mode="nim", nim_model_env_var=env_var)
+        serving_asset._deploy("docs", serving, storage, logging.getLogger("test"))
+        model_dir, config = deployed[-1]
+        assert model_dir == storage.asset_dir("docs", folder)
+        assert config.model_env_var == (env_var or "NIM_MODEL_PATH")

@@ -295,14 +295,20 @@ def test_short_rows_are_masked_not_padded_and_known_positives_never_negatives() 
 def test_micro_batches_match_the_full_batch(tiny_model_dir: Path, data_dir: Path, tmp_path: Path) -> None:
     # Without dropout, accumulating micro-batches is the same optimisation as one full batch.
     model = without_dropout(tiny_model_dir, tmp_path / "no_dropout")
+    limits = [(None, None), (3, None), (None, 256)]  # (rows, padded tokens) per pass: one pass, rows, tokens
     configs = [
-        fast_config(num_epochs=2, local_batch_size=micro, bf16=False, in_batch_negatives=False) for micro in (None, 3)
-    ]
+        fast_config(num_epochs=2, local_batch_size=rows, train_tokens_per_pass=tokens, bf16=False,
+                    in_batch_negatives=False, train_n_passages=5)
+        for rows, tokens in limits
+    ]  # fmt: skip
     runs = [
         finetune(data_dir / "train.jsonl", None, enc_config(model), c, tmp_path / str(i)) for i, c in enumerate(configs)
     ]
-    full, micro = ([s.loss for s in r.history.steps] for r in runs)
+    full, micro, by_tokens = ([s.loss for s in r.history.steps] for r in runs)
     assert micro == pytest.approx(full, rel=1e-4)
+    assert by_tokens == pytest.approx(full, rel=1e-4)
+    assert runs[0].history.passes_per_step_max == 1 and runs[2].history.passes_per_step_max > 1
+    assert not runs[2].grad_cache  # hard negatives only: accumulation is exact, no GradCache needed
 
 
 def test_cli_entry_point(tiny_model_dir: Path, data_dir: Path, tmp_path: Path, capsys) -> None:
@@ -334,20 +340,20 @@ def test_lr_warmup_ratio_and_decay() -> None:
 
 
 def test_local_batch_choice() -> None:
-    auto = choose_local_batch(128, TrainingConfig(local_batch_size=None))  # unset: one pass, the fastest step
-    assert (auto.local_batch_size, auto.grad_cache) == (128, False) and "one forward/backward pass" in auto.reason
-    cached = choose_local_batch(128, TrainingConfig())  # the default: memory-bounded 32-row passes, exact GradCache
+    # The default: the whole batch in one pass when it fits the token budget, else GradCache chunks within it.
+    default = choose_local_batch(128, TrainingConfig())
+    assert (default.local_batch_size, default.grad_cache, default.one_pass) == (128, True, True)
+    assert default.max_tokens == 8192
+    assert "at most 8192 padded tokens per pass" in default.reason and "split by GradCache" in default.reason
+    unbounded = choose_local_batch(128, TrainingConfig(train_tokens_per_pass=None))  # nothing ever splits it
+    assert (unbounded.local_batch_size, unbounded.grad_cache, unbounded.max_tokens) == (128, False, None)
+    assert "one forward/backward pass" in unbounded.reason
+    cached = choose_local_batch(128, TrainingConfig(local_batch_size=32))
     assert (cached.local_batch_size, cached.grad_cache) == (32, True) and "GradCache" in cached.reason
-    small = choose_local_batch(8, TrainingConfig())
+    small = choose_local_batch(8, TrainingConfig(local_batch_size=32, train_tokens_per_pass=None))
     assert (small.local_batch_size, small.grad_cache) == (8, False) and "one forward/backward pass" in small.reason
-    # unset + no GradCache: never narrow negatives
-    plain = choose_local_batch(128, TrainingConfig(grad_cache=False, local_batch_size=None))
-    assert (plain.local_batch_size, plain.grad_cache) == (128, False)
     narrow = choose_local_batch(128, TrainingConfig(grad_cache=False, local_batch_size=16))
-    assert (narrow.local_batch_size, narrow.grad_cache) == (
-        16,
-        False,
-    ) and "micro-batch of 16 rows only" in narrow.reason
+    assert (narrow.local_batch_size, narrow.grad_cache) == (16, False) and "micro-batch only" in narrow.reason
     hard_only = choose_local_batch(128, TrainingConfig(in_batch_negatives=False, local_batch_size=32))
     assert (hard_only.local_batch_size, hard_only.grad_cache) == (32, False) and "exact" in hard_only.reason
 
@@ -364,11 +370,12 @@ def test_grad_cache_matches_the_full_batch(tiny_model_dir: Path, data_dir: Path,
     model = tiny_model_dir if dropout else without_dropout(tiny_model_dir, tmp_path / "no_dropout")
     runs = {}
     for name, overrides in {
-        "full": {},
+        "full": {"train_tokens_per_pass": None},
         "grad_cache": {"local_batch_size": 3},
+        "token_budget": {"train_tokens_per_pass": 256},  # ~550 padded tokens a batch: split into chunks by tokens
         "accumulated": {"local_batch_size": 3, "grad_cache": False},
     }.items():
-        config = fast_config(num_epochs=2, bf16=False, **overrides)
+        config = fast_config(num_epochs=2, bf16=False, train_n_passages=5, **overrides)
         result = finetune(data_dir / "train.jsonl", None, small_passes(model), config, tmp_path / name)
         weights = {k: v.clone() for k, v in Encoder(enc_config(result.out_dir)).model.state_dict().items()}
         runs[name] = ([s.loss for s in result.history.steps], weights, result)
@@ -379,6 +386,11 @@ def test_grad_cache_matches_the_full_batch(tiny_model_dir: Path, data_dir: Path,
     # true gradient is 0 (softmax ignores them): Adam turns their rounding noise into ~1e-6 steps in both runs.
     for name, w in full_w.items():
         torch.testing.assert_close(cached_w[name], w, rtol=0, atol=1e-5, msg=name)
+    budget, budget_w, budget_r = runs["token_budget"]
+    assert budget_r.grad_cache and budget_r.history.passes_per_step_max >= 2 and budget_r.local_batch_size == 8
+    assert budget == pytest.approx(full, rel=1e-5)
+    for name, w in full_w.items():
+        torch.testing.assert_close(budget_w[name], w, rtol=0, atol=1e-5, msg=name)
     # Plain accumulation draws in-batch negatives from each micro-batch only: an easier, different loss.
     accumulated = runs["accumulated"][0]
     assert accumulated[0] < full[0] - 0.1

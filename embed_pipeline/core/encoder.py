@@ -14,13 +14,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, Field
-from transformers import AutoModel, AutoTokenizer
 
+from embed_pipeline.core.model_loading import check_remote_code, load_config, load_model, load_tokenizer
 from embed_pipeline.core.progress import Progress
 from embed_pipeline.core.settings import DEFAULT_BASE_MODEL, offline_env, resolve_model_path
 
 Pooling = Literal["mean", "cls", "last_token"]
 TextKind = Literal["query", "passage"]
+WeightsDtype = Literal["float32", "bfloat16", "float16"]
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 class EncoderConfig(BaseModel):
@@ -40,6 +42,38 @@ class EncoderConfig(BaseModel):
         description="Most padded tokens per forward pass at inference: long texts go in smaller batches, since "
         "attention cost grows with the square of the length.",
     )
+    trust_remote_code: bool = Field(
+        False,
+        description="Run the model repository's own Python code (auto_map in config.json), as the recipe's "
+        "bidirectional Llama models need. Your security decision: off by default; EMBED_TRUST_REMOTE_CODE=1 also "
+        "allows it.",
+    )
+    dtype: WeightsDtype = Field(
+        "float32",
+        description="Weights dtype at load: float32, or bfloat16/float16 for large models on a GPU (half the memory).",
+    )
+    attn_implementation: str | None = Field(
+        None,
+        description="Attention kernel: 'sdpa', 'eager', 'flash_attention_2'. None: flash_attention_2 on CUDA when "
+        "the flash-attn package is installed and the weights are half precision, else sdpa where the model "
+        "supports it, else eager.",
+    )
+
+
+def attention_choice(config: EncoderConfig, device: torch.device) -> list[str]:
+    """Attention implementations to try, best first (the first the model accepts is used)."""
+    if config.attn_implementation:
+        return [config.attn_implementation]
+    choices = []
+    if device.type == "cuda" and config.dtype != "float32" and _flash_attn_installed():
+        choices.append("flash_attention_2")
+    return choices + ["sdpa", "eager"]
+
+
+def _flash_attn_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("flash_attn") is not None
 
 
 def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: Pooling) -> torch.Tensor:
@@ -89,22 +123,56 @@ def encode_unique(texts: list[str], dimension: int, fill: Callable[[list[str], n
 class Encoder:
     """A tokenizer and a transformer with the pooling, normalisation and prefixes of an ``EncoderConfig``."""
 
-    def __init__(self, config: EncoderConfig, device: str | torch.device | None = None) -> None:
+    def __init__(
+        self,
+        config: EncoderConfig,
+        device: str | torch.device | None = None,
+        config_overrides: dict[str, object] | None = None,
+    ) -> None:
+        """``config_overrides``: model configuration values to change at load (those the model's configuration has;
+        e.g. training's attention dropout), recorded in ``self.overridden``."""
         offline_env()
         self.config = config
         path = resolve_model_path(config.model)
+        trust = check_remote_code(config.model, path, config.trust_remote_code)
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(path)
-            self.model = AutoModel.from_pretrained(path)
+            self.tokenizer = load_tokenizer(path, trust)
+            self.model, self.attn_implementation = self._load_model(path, trust, config_overrides or {})
         except (OSError, ValueError) as exc:  # missing files, or files that are not a model
             raise RuntimeError(
                 f"Could not load encoder {config.model!r} (resolved to {path!r}): {exc}. Point EMBED_BASE_MODEL "
                 "(or the run config's `model`) at a local model folder or a hub id available offline."
             ) from exc
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.trust_remote_code = trust
         self.model.to(self.device)
         self.model.eval()
         self.model_path = path
+
+    def _load_model(self, path: str, trust: bool, overrides: dict[str, object]) -> tuple[torch.nn.Module, str]:
+        """The model in the configured dtype with the first attention implementation it accepts."""
+        extra = {}
+        self.overridden: dict[str, object] = {}
+        self.original_values: dict[str, object] = {}  # what the model's own configuration said (saved back)
+        if overrides:
+            model_config = load_config(path, trust)
+            self.overridden = {k: v for k, v in overrides.items() if hasattr(model_config, k)}
+            self.original_values = {k: getattr(model_config, k) for k in self.overridden}
+            for key, value in self.overridden.items():
+                setattr(model_config, key, value)
+            extra["config"] = model_config
+        problems = []
+        for implementation in attention_choice(self.config, self.device):
+            try:
+                model = load_model(
+                    path, trust, dtype=_DTYPES[self.config.dtype], attn_implementation=implementation, **extra
+                )
+                return model, implementation
+            except (ValueError, ImportError) as exc:  # "does not support ..." / kernel package missing
+                if self.config.attn_implementation:
+                    raise
+                problems.append(f"{implementation}: {exc}")
+        raise ValueError(f"no attention implementation loads: {'; '.join(problems)}")
 
     @property
     def dimension(self) -> int:

@@ -26,6 +26,11 @@ class Settings(BaseSettings):
     corpora_dir: Path = Field(Path("corpora"), description="Folder whose subfolders are corpora (one partition each).")
     artifacts_dir: Path = Field(Path("artifacts"), description="Where assets write, laid out <corpus>/<asset>/.")
     base_model: str = Field(DEFAULT_BASE_MODEL, description="Base encoder: Hugging Face hub id or local folder.")
+    trust_remote_code: bool = Field(
+        False,
+        description="Allow models that ship their own Python code (auto_map), such as the recipe's bidirectional "
+        "Llama encoders, to run it when they load. Off by default: your security decision.",
+    )
     sdg_generator: str = Field(
         "offline", description="Synthetic query generator: 'offline' (LLM-free), 'llm' or 'import'."
     )
@@ -54,6 +59,11 @@ class Settings(BaseSettings):
     serve_port: int = Field(0, ge=0, le=65535, description="Port of the embedding service (local: 0 picks a free one).")
     nim_image: str = Field(
         "nvcr.io/nim/nvidia/llama-nemotron-embed-1b-v2:latest", description="NIM image for serve_mode 'nim'."
+    )
+    nim_model_env_var: str | None = Field(
+        None,
+        description="NIM_MODEL_PATH (Nemotron NIMs 2.2+), NIM_ENGINE_MODEL_PATH or NIM_CUSTOM_MODEL (1.x, ONNX); "
+        "unset: NIM_MODEL_PATH for Nemotron images, else NIM_CUSTOM_MODEL.",
     )
     # Where the GPU-bound steps run (defs/compute.py, ComputeTarget). The Launchpad's resource config overrides these.
     compute_mode: Literal["in_process", "docker"] = Field(

@@ -16,6 +16,8 @@ from pydantic import Field
 from embed_pipeline.core.artifacts import asset_dir, validate_corpus_name
 from embed_pipeline.core.encoder import EncoderConfig
 from embed_pipeline.core.model_defaults import RECIPE_DEFAULTS, resolve_encoder_fields
+from embed_pipeline.core.model_loading import ENV_VAR, env_allows_remote_code
+from embed_pipeline.core.model_loading import allowed as allowed_remote_code
 from embed_pipeline.core.settings import Settings
 from embed_pipeline.defs.compute import ComputeTarget
 from embed_pipeline.defs.config import run_config_for
@@ -52,6 +54,19 @@ class BaseEncoder(_BaseEncoderFields):
         """Pooling, normalisation, prefixes and max lengths, and where each came from (you, the model, the recipe)."""
         return resolve_encoder_fields(self.model, {name: getattr(self, name) for name in RECIPE_DEFAULTS})
 
+    def settings_rows(self) -> list[dict[str, str]]:
+        """Each way-of-embedding setting with its value and where it came from (the ``encoder_settings`` table)."""
+        values, sources = self.resolved()
+        rows = [{"setting": n, "value": f"`{values[n]!r}`", "from": sources[n]} for n in values]
+        trust = allowed_remote_code(self.trust_remote_code)
+        if env_allows_remote_code():  # the environment also fills the resource's default (build_resources)
+            trust_from = f"{ENV_VAR}=1"
+        else:
+            trust_from = "set by you (base_encoder resource)" if trust else "default (off)"
+        rows.append({"setting": "trust_remote_code", "value": f"`{trust!r}`", "from": trust_from})
+        rows.append({"setting": "dtype", "value": f"`{self.dtype!r}`", "from": "resource config"})
+        return rows
+
     def config(self, model: str | None = None) -> EncoderConfig:
         """The EncoderConfig of the base model, or of ``model`` (e.g. the fine-tuned folder) embedding the same way."""
         values = {name: getattr(self, name) for name in EncoderConfig.model_fields} | self.resolved()[0]
@@ -77,6 +92,12 @@ class ServingTarget(dg.ConfigurableResource):
         "itself is never config.",
     )
     nim_image: str = Field("nvcr.io/nim/nvidia/llama-nemotron-embed-1b-v2:latest", description="NIM image (nim).")
+    nim_model_env_var: str | None = Field(
+        None,
+        description="How the NIM finds the model (nim): NIM_MODEL_PATH (Nemotron NIMs 2.2+: the finetuned_model "
+        "folder), NIM_ENGINE_MODEL_PATH (2.4+: the same), NIM_CUSTOM_MODEL (1.x: the onnx_model folder). None: "
+        "NIM_MODEL_PATH for Nemotron images, else NIM_CUSTOM_MODEL.",
+    )
     ready_timeout_s: float = Field(600.0, gt=0, description="Seconds to wait for the service to report ready.")
 
 
@@ -94,12 +115,13 @@ def build_resources(settings: Settings) -> dict[str, dg.ConfigurableResource]:
     artifacts_dir = str(settings.artifacts_dir.expanduser().resolve())
     return {
         "storage": PipelineStorage(corpora_dir=corpora_dir, artifacts_dir=artifacts_dir),
-        "base_encoder": BaseEncoder(model=settings.base_model),
+        "base_encoder": BaseEncoder(model=settings.base_model, trust_remote_code=settings.trust_remote_code),
         "serving": ServingTarget(
             mode=settings.serve_mode,
             host=settings.serve_host,
             port=settings.serve_port,
             nim_image=settings.nim_image,
+            nim_model_env_var=settings.nim_model_env_var,
         ),
         "compute": ComputeTarget(
             mode=settings.compute_mode,

@@ -129,6 +129,11 @@ def render_model_card(history: dict, metrics_markdown: str | None = None, title:
         "data-parallel processes": history.get("world_size", 1),
         "Matryoshka dimensions": ", ".join(map(str, history.get("matryoshka_dims") or [])) or "off",
         "GradCache (exact in-batch negatives over micro-batches)": "yes" if history.get("grad_cache") else "no",
+        "padded tokens per pass (at most)": cfg.get("train_tokens_per_pass") or "no bound",
+        "passes per step (mean / most)": f"{history.get('passes_per_step_mean', 1.0)} / "
+        f"{history.get('passes_per_step_max', 1)}",
+        "attention dropout while training": cfg.get("attention_dropout", "model"),
+        "LoRA rank (merged into the weights)": cfg.get("lora_rank") or "off (all weights trained)",
         "max grad norm": cfg["max_grad_norm"],
         "seed": cfg["seed"],
         "steps (per epoch / total)": f"{history['steps_per_epoch']} / {history['total_steps']}",

@@ -12,7 +12,7 @@ from embed_pipeline.defs.assets.model import finetuned_model
 from embed_pipeline.defs.assets.synthetic_data import EXTRA_CHUNKS
 from embed_pipeline.defs.compute import GPU_POOL, ComputeTarget, run_stage
 from embed_pipeline.defs.config import run_config_for, to_stage
-from embed_pipeline.defs.metadata import path_value, upstream_file
+from embed_pipeline.defs.metadata import path_value, sample_table, upstream_file
 from embed_pipeline.defs.partitions import corpus_partitions
 from embed_pipeline.defs.plots import delta_intervals, metrics_bars
 from embed_pipeline.defs.resources import BaseEncoder, PipelineStorage
@@ -87,6 +87,7 @@ def retrieval_metrics(
         "chunk_files": [str(chunks_file), *([str(extra_chunks)] if extra_chunks.exists() else [])],
     }
     result = RetrievalMetricsResult.model_validate(run_stage(context, compute, "retrieval_metrics", params))
+    encoder_rows = base_encoder.settings_rows()
     numbers = {
         f"{who}_{key}": value
         for who, scores in (("base", result.base), ("finetuned", result.finetuned))
@@ -119,6 +120,8 @@ def retrieval_metrics(
     yield dg.MaterializeResult(
         metadata={
             "metrics_table": dg.MetadataValue.md(result.table),
+            # How both models embedded the texts (prefixes, pooling, lengths) and where each value came from.
+            "encoder_settings": sample_table(encoder_rows, ["setting", "value", "from"], n=len(encoder_rows)),
             "base_vs_finetuned": metrics_bars(result.base, result.finetuned, result.k_values),
             "changes_with_intervals": delta_intervals(
                 {"synthetic test queries": result.intervals}

@@ -62,8 +62,7 @@ def finetuned_model(
         f"| 0 (base) | - | {_fmt(history.initial_val_loss)} | {_fmt(history.initial_val_ndcg_at_10)} | - | "
         f"{'yes' if history.best_step == 0 else ''} |\n"
     )
-    values, sources = base_encoder.resolved()
-    encoder_rows = [{"setting": n, "value": f"`{values[n]!r}`", "from": sources[n]} for n in values]
+    encoder_rows = base_encoder.settings_rows()
     base_point = [{"step": 0, "val_loss": history.initial_val_loss, "val_ndcg_at_10": history.initial_val_ndcg_at_10}]
     sweep = {}
     if history.lr_sweep:
@@ -103,6 +102,9 @@ def finetuned_model(
             "steps": result.steps,
             "local_batch_size": result.local_batch_size or result.batch_size,
             "grad_cache": result.grad_cache,
+            "passes_per_step_mean": history.passes_per_step_mean,
+            "passes_per_step_max": history.passes_per_step_max,
+            "train_tokens_per_pass": dg.MetadataValue.text(str(history.training_config.train_tokens_per_pass)),
             "processes": history.world_size,
             "matryoshka_dims": dg.MetadataValue.text(", ".join(map(str, history.matryoshka_dims or [])) or "off"),
             "best_epoch": result.best_epoch,

@@ -15,7 +15,12 @@ from embed_pipeline.defs.partitions import corpus_partitions
 from embed_pipeline.defs.resources import PipelineStorage, ServingTarget
 from embed_pipeline.stages.serving.endpoint_check import DriftTolerance, check_endpoint
 from embed_pipeline.stages.serving.local_service import SERVICE_FILE, LocalServiceManager
-from embed_pipeline.stages.serving.nim_container import NimDeployConfig, deploy_nim
+from embed_pipeline.stages.serving.nim_container import (
+    NimDeployConfig,
+    default_model_env_var,
+    deploy_nim,
+    wants_hf_folder,
+)
 from embed_pipeline.stages.serving.service import ServiceInfo
 
 # The endpoint check's tolerances, field for field.
@@ -25,10 +30,13 @@ EmbeddingServiceConfig = run_config_for(DriftTolerance, "EmbeddingServiceConfig"
 def _deploy(corpus: str, serving: ServingTarget, storage: PipelineStorage, log) -> ServiceInfo:
     state_dir = storage.asset_dir(corpus, "embedding_service")
     if serving.mode == "nim":
-        # NIM's custom-model path serves an exported graph (.onnx, or a TensorRT .plan): the onnx_model folder.
-        model_dir = storage.asset_dir(corpus, "onnx_model")
+        # NIM_MODEL_PATH (Nemotron NIMs 2.2+) takes the Hugging Face checkpoint; NIM_CUSTOM_MODEL (1.x) an ONNX graph.
+        env_var = serving.nim_model_env_var or default_model_env_var(serving.nim_image)
+        model_dir = storage.asset_dir(corpus, "finetuned_model" if wants_hf_folder(env_var) else "onnx_model")
+        log.info(f"deploying {model_dir} to NIM {serving.nim_image} through {env_var}")
         nim = NimDeployConfig(
             image=serving.nim_image,
+            model_env_var=env_var,
             port=serving.port or 8000,
             name=f"embed-pipeline-{corpus}",
             ready_timeout_s=serving.ready_timeout_s,

@@ -56,6 +56,12 @@ class OnnxManifest(BaseModel):
     )
     int8_per_channel: bool | None = Field(None, description="Per-channel weight scales in the int8 variant.")
     matryoshka_dims: list[int] = Field(default_factory=list, description="Dimensions the model was trained at.")
+    trust_remote_code: bool = Field(
+        False, description="The source model ran its own code (auto_map) at export, with the user's permission."
+    )
+    remote_code_files: list[str] = Field(
+        default_factory=list, description="The model's own code files copied beside the graph (with config.json)."
+    )
     export_seconds: float
     versions: dict[str, str] = Field(description="torch, transformers, onnx, onnxruntime versions at export.")
 
@@ -71,6 +77,7 @@ class OnnxManifest(BaseModel):
             passage_max_length=self.passage_max_length,
             batch_size=self.batch_size,
             max_batch_tokens=self.max_batch_tokens,
+            trust_remote_code=self.trust_remote_code,
         )
 
 

@@ -16,6 +16,8 @@ import argparse
 import contextlib
 import gc
 import logging
+import os
+import shutil
 import sys
 import time
 import warnings
@@ -29,6 +31,7 @@ from pydantic import BaseModel, Field
 
 from embed_pipeline.core.artifacts import atomic_path, write_json
 from embed_pipeline.core.encoder import EncoderConfig
+from embed_pipeline.core.model_loading import ENV_VAR, check_remote_code, copy_code_files, load_config, load_tokenizer
 from embed_pipeline.core.settings import offline_env, resolve_model_path
 from embed_pipeline.stages.export import onnx_variants
 from embed_pipeline.stages.export.manifest import (
@@ -262,8 +265,6 @@ def export_onnx(
     log = logger or _log
     start = time.perf_counter()
     offline_env()
-    from transformers import AutoConfig, AutoTokenizer
-
     model_path = resolve_model_path(str(model_dir))
     if not Path(model_path).is_dir():
         raise FileNotFoundError(
@@ -271,8 +272,11 @@ def export_onnx(
             "asset's output) or a bundled model name such as all-MiniLM-L6-v2."
         )
     enc = encoder_config or checkpoint_encoder_config(Path(model_path)) or EncoderConfig(model=str(model_dir))
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
-    model_config = AutoConfig.from_pretrained(model_path)
+    # The caller's setting, or the environment; never the folder's own history (a file must not grant itself trust).
+    trust = check_remote_code(str(model_dir), model_path, encoder_config.trust_remote_code if encoder_config else None)
+    enc = enc.model_copy(update={"trust_remote_code": trust, "dtype": "float32"})  # exported and compared in fp32
+    tokenizer = load_tokenizer(model_path, trust)
+    model_config = load_config(model_path, trust)
     positions = int(getattr(model_config, "max_position_embeddings", 0) or 0)
     max_length = config.max_length or max(enc.query_max_length, enc.passage_max_length)
     if positions and max_length > positions:
@@ -288,8 +292,8 @@ def export_onnx(
     features = probe_features(tokenizer, enc, max_length)
     input_names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in features]
     features = {n: features[n] for n in input_names}
-    reference = reference_embeddings(model_path, enc, features)
-    module, attention = build_export_module(model_path, enc, features, reference)
+    reference = reference_embeddings(model_path, enc, features, trust)
+    module, attention = build_export_module(model_path, enc, features, reference, trust)
     dimension = int(reference.shape[1])
     num_bytes = sum(p.numel() * p.element_size() for p in module.parameters())
     external = onnx_variants.needs_external_data(num_bytes)
@@ -309,7 +313,13 @@ def export_onnx(
         gc.collect()
         files, cosines, fused_ops = _write_variants(staged, config, model_config, probe, external, log)
         tokenizer.save_pretrained(staged)
+        # The model's own code and configuration travel with the graph, so the folder describes itself.
+        remote_code = copy_code_files(model_path, staged)
+        if remote_code:
+            shutil.copy2(Path(model_path) / "config.json", staged / "config.json")
         manifest = OnnxManifest(
+            trust_remote_code=bool(remote_code),
+            remote_code_files=remote_code,
             source_model=str(model_dir),
             pooling=enc.pooling,
             normalize=enc.normalize,
@@ -363,7 +373,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fp16", action="store_true", help="Also write the fp16 variant.")
     parser.add_argument("--no-fuse", action="store_true", help="Build int8/fp16 from the plain graph.")
     parser.add_argument("--max-length", type=int, default=None, help="Longest sequence served (default: encoder's).")
+    parser.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="Run the model's own code (auto_map), as the recipe's bidirectional Llama models need "
+        "(also EMBED_TRUST_REMOTE_CODE=1).",
+    )
     args = parser.parse_args(argv)
+    if args.trust_remote_code:
+        os.environ[ENV_VAR] = "1"
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
     config = OnnxExportConfig(
         opset=args.opset, int8=not args.no_int8, fp16=args.fp16, fuse=not args.no_fuse, max_length=args.max_length

@@ -19,9 +19,9 @@ import logging
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import AutoModel
 
 from embed_pipeline.core.encoder import EncoderConfig, Pooling, pool
+from embed_pipeline.core.model_loading import load_model
 
 _log = logging.getLogger("embed_pipeline.export")
 
@@ -93,15 +93,17 @@ def probe_features(tokenizer, config: EncoderConfig, max_length: int) -> dict[st
     return dict(tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt"))
 
 
-def _load(model_path: str, attn_implementation: str | None) -> nn.Module:
+def _load(model_path: str, attn_implementation: str | None, trust: bool) -> nn.Module:
     extra = {"attn_implementation": attn_implementation} if attn_implementation else {}
-    return AutoModel.from_pretrained(model_path, dtype=torch.float32, **extra).eval()
+    return load_model(model_path, trust, dtype=torch.float32, **extra).eval()
 
 
 @torch.inference_mode()
-def reference_embeddings(model_path: str, config: EncoderConfig, features: dict[str, torch.Tensor]) -> torch.Tensor:
+def reference_embeddings(
+    model_path: str, config: EncoderConfig, features: dict[str, torch.Tensor], trust: bool = False
+) -> torch.Tensor:
     """What ``Encoder.embed`` computes for ``features`` (default attention, ``core.encoder.pool``, F.normalize)."""
-    model = _load(model_path, None)  # the model's default attention, as Encoder loads it
+    model = _load(model_path, None, trust)  # the model's default attention, as Encoder loads it
     try:
         emb = pool(model(**features).last_hidden_state, features["attention_mask"], config.pooling)
         return F.normalize(emb, p=2, dim=-1) if config.normalize else emb
@@ -116,14 +118,20 @@ def _cosine_min(a: torch.Tensor, b: torch.Tensor) -> float:
 
 @torch.inference_mode()
 def build_export_module(
-    model_path: str, config: EncoderConfig, features: dict[str, torch.Tensor], reference: torch.Tensor
+    model_path: str,
+    config: EncoderConfig,
+    features: dict[str, torch.Tensor],
+    reference: torch.Tensor,
+    trust: bool = False,
 ) -> tuple[EmbeddingGraph, str]:
     """The first attention form whose embeddings match ``reference`` on ``features``; returns (module, form)."""
     _register_fusable_attention()
     problems = []
     for form, implementation, additive in (("fusable", FUSABLE_ATTENTION, True), ("eager", "eager", False)):
         try:
-            module = EmbeddingGraph(_load(model_path, implementation), config.pooling, config.normalize, additive)
+            module = EmbeddingGraph(
+                _load(model_path, implementation, trust), config.pooling, config.normalize, additive
+            )
             cosine = _cosine_min(module(**features), reference)
         except Exception as exc:  # any failure just rules this form out; the next one is tried
             problems.append(f"{form}: {type(exc).__name__}: {exc}")

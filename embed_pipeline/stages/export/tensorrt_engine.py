@@ -12,6 +12,7 @@ built with: ``engine.json`` records both. Needs the ``tensorrt`` package and an 
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from pathlib import Path
 
@@ -19,6 +20,7 @@ import numpy as np
 from pydantic import BaseModel, Field, model_validator
 
 from embed_pipeline.core.artifacts import atomic_path, write_json
+from embed_pipeline.core.model_loading import check_remote_code, load_tokenizer
 from embed_pipeline.stages.export.graph_tail import GraphNode, tensorrt_fp32_layers
 from embed_pipeline.stages.export.manifest import OnnxManifest, read_manifest
 from embed_pipeline.stages.export.token_encoder import TokenizedEncoder
@@ -155,7 +157,6 @@ def build_engine(
         raise RuntimeError(f"Cannot build a TensorRT engine: {reason}. Serve the ONNX export with OnnxEncoder instead.")
     import tensorrt as trt
     import torch
-    from transformers import AutoTokenizer
 
     start = time.perf_counter()
     onnx_dir = Path(onnx_dir)
@@ -215,7 +216,10 @@ def build_engine(
     with atomic_path(out_dir) as staged:
         staged.mkdir(parents=True)
         (staged / ENGINE_FILE).write_bytes(bytes(serialized))
-        AutoTokenizer.from_pretrained(str(onnx_dir)).save_pretrained(staged)
+        trust = check_remote_code(str(onnx_dir), onnx_dir, tokenizer_only=True)
+        load_tokenizer(onnx_dir, trust).save_pretrained(staged)
+        for name in manifest.remote_code_files + (["config.json"] if manifest.remote_code_files else []):
+            shutil.copy2(onnx_dir / name, staged / name)  # the model's own code travels with the engine too
         write_json(staged / ENGINE_MANIFEST, engine_manifest.model_dump(mode="json"))
     engine_path = out_dir / ENGINE_FILE
     log.info(f"TensorRT engine written to {engine_path} in {seconds:.0f}s")

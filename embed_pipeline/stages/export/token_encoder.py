@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from embed_pipeline.core.encoder import EncoderConfig, TextKind, encode_unique, token_budget_batches
+from embed_pipeline.core.model_loading import check_remote_code, load_tokenizer
 from embed_pipeline.core.progress import Progress
 from embed_pipeline.core.settings import offline_env
 from embed_pipeline.stages.export.manifest import OnnxManifest
@@ -24,12 +25,12 @@ class TokenizedEncoder:
 
     def __init__(self, folder: Path, manifest: OnnxManifest, max_batch: int | None = None) -> None:
         offline_env()
-        from transformers import AutoTokenizer
-
         self.folder = Path(folder)
         self.manifest = manifest
         self.config: EncoderConfig = manifest.encoder_config(str(self.folder))
-        self.tokenizer = AutoTokenizer.from_pretrained(str(self.folder))
+        # The graph runs no Python: only a tokenizer with its own code (tokenizer_config.json auto_map) needs opt-in.
+        trust = check_remote_code(str(self.folder), self.folder, tokenizer_only=True)
+        self.tokenizer = load_tokenizer(self.folder, trust)
         self.input_names = list(manifest.inputs)
         self.max_batch = max_batch  # an engine's hard limit on texts per call (TensorRT profile), None = none
         pad = self.tokenizer.pad_token_id

@@ -4,10 +4,11 @@ NIM loads custom weights from a folder mounted into the container and named by a
 variable and which files depend on the NIM release, hence the config fields:
 
 - NeMo Retriever Embedding NIM 1.x ("Use fine-tuned models"): ``NIM_CUSTOM_MODEL=/opt/custom-model`` pointing at
-  an ONNX (``.onnx``) or TensorRT (``.plan``/``.engine``) model folder: the defaults here, for an ``onnx_model``
-  export.
-- Release 2.4 and later: ``NIM_ENGINE_MODEL_PATH`` pointing at a Hugging Face safetensors folder (such as
-  ``finetuned_model``'s output): set ``model_env_var="NIM_ENGINE_MODEL_PATH"``.
+  an ONNX (``.onnx``) or TensorRT (``.plan``/``.engine``) model folder: an ``onnx_model`` export. The default for
+  images that are not Nemotron embedding NIMs.
+- The Nemotron embedding NIMs from 2.2 on: ``NIM_MODEL_PATH`` pointing at a Hugging Face safetensors folder
+  (``finetuned_model``'s output, which keeps the model's own code files): the default for Nemotron images
+  (``default_model_env_var``). ``NIM_ENGINE_MODEL_PATH`` (2.4+) takes the same folder.
 
 Either way the weights must keep the architecture, tokenizer and pooling of the model the NIM image ships (e.g. a
 fine-tune of ``nvidia/llama-nemotron-embed-1b-v2`` in that model's NIM); a NIM does not serve arbitrary
@@ -48,7 +49,8 @@ class NimDeployConfig(BaseModel):
     model_mount_path: str = Field("/opt/custom-model", description="Where the model folder is mounted (read-only).")
     model_env_var: str = Field(
         "NIM_CUSTOM_MODEL",
-        description="Variable naming the mounted model: NIM_CUSTOM_MODEL (1.x), NIM_ENGINE_MODEL_PATH (2.4+).",
+        description="Variable naming the mounted model: NIM_MODEL_PATH (Nemotron NIMs 2.2+, a Hugging Face folder), "
+        "NIM_ENGINE_MODEL_PATH (2.4+, the same), NIM_CUSTOM_MODEL (1.x, an ONNX/TensorRT folder).",
     )
     env: dict[str, str] = Field(default_factory=dict, description="Extra environment (no secrets: it is logged).")
     pass_env: list[str] = Field(
@@ -60,6 +62,22 @@ class NimDeployConfig(BaseModel):
     name: str = Field("embed-pipeline-nim", description="Container name; an old container of this name is replaced.")
     ready_timeout_s: float = Field(1800.0, gt=0, description="Seconds to wait for /v1/health/ready (engine builds).")
     poll_interval_s: float = Field(2.0, gt=0, description="Seconds between readiness checks.")
+
+
+# Which folder each variable expects: a Hugging Face checkpoint, or an exported ONNX/TensorRT graph.
+HF_FOLDER_VARS = {"NIM_MODEL_PATH", "NIM_ENGINE_MODEL_PATH"}
+ONNX_FOLDER_VARS = {"NIM_CUSTOM_MODEL"}
+
+
+def default_model_env_var(image: str) -> str:
+    """``NIM_MODEL_PATH`` for the Nemotron embedding NIMs (2.2+ contract), ``NIM_CUSTOM_MODEL`` for others."""
+    name = image.rsplit("/", 1)[-1].split(":", 1)[0].lower()
+    return "NIM_MODEL_PATH" if "nemotron" in name else "NIM_CUSTOM_MODEL"
+
+
+def wants_hf_folder(model_env_var: str) -> bool:
+    """Whether the variable names a Hugging Face checkpoint (else an exported graph folder)."""
+    return model_env_var in HF_FOLDER_VARS
 
 
 def device_requests(gpus: str):

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from pydantic import SecretStr, ValidationError
 
+from embed_pipeline.core.model_loading import ENV_VAR
 from embed_pipeline.stages.serving.settings import API_KEY_ENV, ServeSettings
 
 # Re-exported so callers need only this module to run a server.
@@ -78,6 +79,11 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     parser.add_argument("--max-batch-tokens", type=int, default=8192)
     parser.add_argument("--max-wait-ms", type=float, default=2.0)
     parser.add_argument("--no-batching", action="store_true", help="one request per forward pass (for comparison)")
+    parser.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="let a model that ships its own code (auto_map) run it (also EMBED_TRUST_REMOTE_CODE=1)",
+    )
     parser.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"], default="info")
     return parser
 
@@ -110,6 +116,8 @@ def settings_from_args(args: argparse.Namespace) -> ServeSettings:
 
 def serve_from_args(args: argparse.Namespace) -> int:
     """Validate, load and serve; a bad setting or an unloadable model prints one line and returns 2."""
+    if getattr(args, "trust_remote_code", False):
+        os.environ[ENV_VAR] = "1"  # read by every model load of this process (core/model_loading.py)
     try:
         settings = settings_from_args(args)
     except ValidationError as exc:

@@ -31,13 +31,15 @@ def encoder_config_for_folder(folder: str | Path) -> EncoderConfig:
 
     ``training_history.json`` (written by this project's trainer) records the exact pooling, normalisation,
     prefixes and lengths; without it the project's ``EncoderConfig`` defaults apply, the convention every stage
-    uses for a base model. The ONNX export resolves a folder the same way, so serving a folder with
-    ``--backend torch`` and serving its export give the same vectors.
+    uses for a base model. A model with its own code needs ``--trust-remote-code`` (or
+    ``EMBED_TRUST_REMOTE_CODE=1``) where it is served, whatever its history says. The ONNX export resolves a folder
+    the same way, so serving a folder with ``--backend torch`` and serving its export give the same vectors.
     """
     folder = Path(folder)
     history = _read_json(folder / "training_history.json")
     if isinstance(history, dict) and isinstance(history.get("encoder_config"), dict):
-        return EncoderConfig(**(history["encoder_config"] | {"model": str(folder)}))
+        # Running the folder's own code is decided where it is served (--trust-remote-code), never by its files.
+        return EncoderConfig(**(history["encoder_config"] | {"model": str(folder), "trust_remote_code": False}))
     return EncoderConfig(model=str(folder))
 
 

@@ -40,45 +40,62 @@ def choose_batch_size(num_rows: int, global_batch_size: int, min_steps_per_epoch
 
 @dataclass(frozen=True)
 class StepPlan:
-    """How one optimizer step computes its gradients."""
+    """How one optimizer step computes its gradients.
+
+    ``local_batch_size`` rows at most per pass; with ``max_tokens`` also at most that many padded tokens per pass
+    (decided per step from the batch's token lengths, ``step.train_step``): a step whose share fits both is one pass.
+    """
 
     local_batch_size: int
     grad_cache: bool
     reason: str
-    one_pass: bool = False  # each process's whole share in one forward/backward pass
+    one_pass: bool = False  # each process's whole share fits local_batch_size (the token budget may still split it)
+    max_tokens: int | None = None
 
 
 def choose_local_batch(batch_size: int, config: TrainingConfig, world_size: int = 1) -> StepPlan:
-    """Rows per forward/backward pass on each process, whether GradCache is needed, and why.
+    """Rows (and padded tokens) per forward/backward pass on each process, whether GradCache is used, and why.
 
-    Each of the ``world_size`` processes takes a contiguous share of every batch (``shard_bounds``). Unset,
-    ``local_batch_size`` is the whole share in one pass (the fastest step; the recipe's 128 MiniLM rows fit in
-    ~10 GB of CPU memory). Set and smaller than the share, the share is split; with in-batch negatives GradCache keeps
-    the one-pass gradient, while plain accumulation would narrow the negatives to each micro-batch.
+    Each of the ``world_size`` processes takes a contiguous share of every batch (``shard_bounds``). The share is
+    split when it has more rows than ``local_batch_size`` or more padded tokens than ``train_tokens_per_pass``; with
+    in-batch negatives GradCache keeps the one-pass gradient, while plain accumulation would narrow the negatives to
+    each micro-batch. A share within both limits is one pass (the fastest step).
     """
     share = math.ceil(batch_size / world_size)
     across = f" of each process's {share}-row share ({world_size} processes)" if world_size > 1 else ""
+    budget = config.train_tokens_per_pass
+    tokens = f", and at most {budget} padded tokens per pass (train_tokens_per_pass)" if budget else ""
     if config.local_batch_size is not None:
         micro, why = config.local_batch_size, f"local_batch_size {config.local_batch_size}"
     else:
         micro, why = share, "local_batch_size unset: the whole batch" + (f" share ({share} rows)" if across else "")
+    split = "GradCache" if config.in_batch_negatives and config.grad_cache else "accumulated micro-batches"
     if micro >= share:
-        return StepPlan(share, False, f"{why}: one forward/backward pass of {share} rows per step{across}", True)
-    passes = f"{math.ceil(share / micro)} micro-batches of {micro} rows{across}"
+        when = f"; split by {split} when a batch has more tokens" if budget else ""
+        splits_by_cache = bool(budget) and config.in_batch_negatives and config.grad_cache
+        reason = f"{why}{tokens}: one forward/backward pass of {share} rows per step{across}{when}"
+        return StepPlan(share, splits_by_cache, reason, True, budget)
+    passes = f"{math.ceil(share / micro)} micro-batches of {micro} rows{across}{tokens}"
     if not config.in_batch_negatives:
-        return StepPlan(micro, False, f"{why}: gradients accumulated over {passes} (hard negatives only: exact)")
+        return StepPlan(
+            micro, False, f"{why}: gradients accumulated over {passes} (hard negatives only: exact)", False, budget
+        )
     if config.grad_cache:
         return StepPlan(
             micro,
             True,
             f"{why}: GradCache in about {math.ceil(share / micro)} chunks of {micro} rows' share of the tokens"
-            f"{across}, in-batch negatives from all {batch_size} rows",
+            f"{across}{tokens}, in-batch negatives from all {batch_size} rows",
+            False,
+            budget,
         )
     return StepPlan(
         micro,
         False,
         f"{why}: gradients accumulated over {passes}; grad_cache is off, so in-batch negatives come from each "
-        f"micro-batch of {micro} rows only",
+        f"micro-batch only",
+        False,
+        budget,
     )
 
 

@@ -7,8 +7,10 @@ from pathlib import Path
 
 from embed_pipeline.core.artifacts import atomic_path
 from embed_pipeline.core.encoder import Encoder, EncoderConfig
+from embed_pipeline.core.model_loading import copy_code_files
 from embed_pipeline.stages.model_card import HISTORY_FILE, write_model_card
 from embed_pipeline.stages.training.config import TrainingHistory
+from embed_pipeline.stages.training.lora import plain_model
 
 ST_POOLING_KEYS = {
     "cls": "pooling_mode_cls_token",
@@ -65,8 +67,17 @@ def save_checkpoint(encoder: Encoder, out_dir: Path, history: TrainingHistory) -
     """Write model, tokenizer, sentence-transformers files, history and card to a temp folder, then swap it in."""
     with atomic_path(out_dir) as tmp:
         tmp.mkdir(parents=True)
-        encoder.model.save_pretrained(tmp)
+        model = plain_model(encoder.model)  # LoRA adapters merged: a plain model
+        trained_with = {k: getattr(model.config, k) for k in encoder.original_values}
+        try:  # the saved configuration is the model's own (training-only changes such as attention dropout undone)
+            for key, value in encoder.original_values.items():
+                setattr(model.config, key, value)
+            model.save_pretrained(tmp)
+        finally:
+            for key, value in trained_with.items():
+                setattr(model.config, key, value)
         encoder.tokenizer.save_pretrained(tmp)
+        copy_code_files(encoder.model_path, tmp)  # a custom-code model's files, so the folder loads on its own
         write_sentence_transformers_files(tmp, encoder.config, encoder.dimension)
         (tmp / HISTORY_FILE).write_text(history.model_dump_json(indent=2) + "\n", encoding="utf-8")
         write_model_card(tmp)

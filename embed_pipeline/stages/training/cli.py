@@ -71,6 +71,11 @@ def _main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoint-steps", type=int, default=defaults.checkpoint_steps, help="0: never.")
     parser.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--gradient-checkpointing", action="store_true")
+    parser.add_argument(
+        "--trust-remote-code", action="store_true", help="Run the model's own code (auto_map); your security decision."
+    )
+    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32", help="Weights dtype.")
+    parser.add_argument("--lora-rank", type=int, default=None, help="Train LoRA adapters of this rank (peft), merged.")
     parser.add_argument("--seed", type=int, default=defaults.seed)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
@@ -89,6 +94,8 @@ def _main(argv: list[str] | None = None) -> int:
         pooling=args.pooling,
         query_prefix=args.query_prefix,
         passage_prefix=args.passage_prefix,
+        trust_remote_code=args.trust_remote_code,
+        dtype=args.dtype,
         **lengths,
     )
     config = TrainingConfig(
@@ -107,6 +114,7 @@ def _main(argv: list[str] | None = None) -> int:
         early_stopping_patience=args.early_stopping_patience,
         checkpoint_steps=args.checkpoint_steps or None,
         gradient_checkpointing=args.gradient_checkpointing,
+        lora_rank=args.lora_rank,
         seed=args.seed,
         matryoshka_dims=args.matryoshka_dims,
     )

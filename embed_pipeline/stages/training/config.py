@@ -11,6 +11,10 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 from embed_pipeline.core.encoder import EncoderConfig
 from embed_pipeline.core.records import TrainingExample
 
+# Padded tokens alive per training pass (see train_tokens_per_pass): MiniLM on CPU at 512-token passages stays within
+# the memory goal of benchmarks/train_memory.py, and short-passage batches still fit one pass.
+TOKENS_PER_PASS = 8192
+
 
 class TrainingConfig(BaseModel):
     """Hyperparameters of the contrastive fine-tune (defaults from the reference recipe, DESIGN.md)."""
@@ -43,16 +47,23 @@ class TrainingConfig(BaseModel):
         description="Rows per optimizer step, over all processes; lowered automatically for small data "
         "(min_steps_per_epoch).",
     )
-    # Memory-bounded by default: one pass of 64 abstract-length rows (1 positive + 4 negatives, 256 tokens) peaked
-    # at 16 GB RSS on CPU, so the default batch of 128 would not fit a 24 GB machine (benchmarks/RESULTS.md).
+    # Memory-bounded by default: the rows of a pass are chosen from a token budget (train_tokens_per_pass), so memory
+    # does not grow with passage length or batch size (benchmarks/train_memory.py, benchmarks/RESULTS.md).
     local_batch_size: int | None = Field(
-        32,
+        None,
         ge=1,
-        description="Rows per forward/backward pass on each process; global_batch_size is reached by GradCache or "
-        "gradient accumulation over these (and across torchrun processes), with grad_cache the gradient staying "
-        "exactly the one-pass batch's. Bounds memory: MiniLM, 128 rows: CPU peak RSS 10.0 GB at one pass -> 5.0 GB "
-        "at 32 rows, step time 7.1 s -> 11.3 s. None: each process's whole share of the batch in one pass (fastest, "
-        "when memory allows).",
+        description="Most rows per forward/backward pass on each process; global_batch_size is reached by GradCache "
+        "or gradient accumulation over these (and across torchrun processes), with grad_cache the gradient staying "
+        "exactly the one-pass batch's. None: as many rows as train_tokens_per_pass allows (the whole batch in one "
+        "pass when it fits).",
+    )
+    train_tokens_per_pass: int | None = Field(
+        TOKENS_PER_PASS,
+        ge=256,
+        description="Most padded tokens (queries and passages) whose activations are alive at once in a training "
+        "step: a batch with more is split into GradCache chunks (exact gradient) or accumulated micro-batches of "
+        "about this many tokens. Bounds training memory whatever the passage length; raise it on a large GPU for "
+        "speed. None: no token bound (local_batch_size alone decides).",
     )
     grad_cache: bool = Field(
         True,
@@ -123,8 +134,42 @@ class TrainingConfig(BaseModel):
         description="Write the resumable training state (<out_dir>.train_state/) every this many optimizer steps, "
         "so a killed run continues where it stopped. None: never (a killed run starts over).",
     )
-    bf16: bool = Field(True, description="On CUDA, run forward passes under bfloat16 autocast (weights stay fp32).")
-    gradient_checkpointing: bool = Field(False, description="Trade compute for memory (large models on one GPU).")
+    bf16: bool = Field(
+        True,
+        description="On CUDA, run forward passes under bfloat16 autocast (the weights keep the encoder's dtype: "
+        "float32 unless EncoderConfig.dtype says otherwise).",
+    )
+    gradient_checkpointing: bool = Field(
+        False,
+        description="Recompute each layer's activations in backward instead of keeping them: about 1/3 more compute "
+        "for a fraction of the activation memory (1B models on one GPU).",
+    )
+    # auto: off on CPU, where dropout inside attention makes PyTorch's SDPA fall back to its math kernel, which keeps
+    # every [heads, length, length] attention matrix for backward (MiniLM, 8,192 tokens at 512: 5.2 GB of activations
+    # with it, 1.8 GB without, and 2.3x slower); the model's own on CUDA, whose kernels keep dropout without that cost.
+    # On the real claims the two are within noise of each other (benchmarks/RESULTS.md).
+    attention_dropout: Literal["auto", "model", "off"] = Field(
+        "auto",
+        description="Dropout on the attention probabilities while training (hidden-state dropout is unchanged): "
+        "'model' keeps the model's own (MiniLM: 0.1), 'off' sets it to 0 so the memory-efficient attention kernel "
+        "runs on CPU (several times less activation memory at long passages), 'auto' is off on CPU and the model's "
+        "own on GPU.",
+    )
+    fused_adamw: bool = Field(True, description="On CUDA, use PyTorch's fused AdamW kernel (one launch per step).")
+    lora_rank: int | None = Field(
+        None,
+        ge=1,
+        description="Train low-rank adapters (LoRA, through peft) of this rank instead of all weights, for GPUs too "
+        "small for a full fine-tune; the adapters are merged into the saved model, so export and serving see a "
+        "plain model. None: full fine-tune.",
+    )
+    lora_alpha: float | None = Field(None, gt=0, description="LoRA scaling alpha (None: 2 x lora_rank).")
+    lora_dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the LoRA adapters' input.")
+    lora_target_modules: list[str] | None = Field(
+        None,
+        description="Module names to adapt (e.g. ['q_proj', 'k_proj', 'v_proj', 'o_proj']). None: every linear "
+        "layer of the encoder (peft's 'all-linear').",
+    )
     matryoshka_dims: list[int] | None = Field(
         None,
         description="Matryoshka training: also train the first d dimensions of each embedding to work on their own, "
@@ -234,7 +279,9 @@ class TrainingHistory(BaseModel):
     batch_size: int
     batch_size_reason: str
     local_batch_size: int | None = Field(None, description="Rows per forward/backward pass used.")
-    grad_cache: bool = Field(False, description="Whether GradCache computed the steps' gradients.")
+    grad_cache: bool = Field(False, description="Whether GradCache computed any step's gradient (in chunks).")
+    passes_per_step_max: int = Field(1, description="Most forward/backward passes (chunks, micro-batches) in a step.")
+    passes_per_step_mean: float = Field(1.0, description="Mean passes per step (the token budget splits long batches).")
     local_batch_reason: str = ""
     steps_per_epoch: int
     total_steps: int

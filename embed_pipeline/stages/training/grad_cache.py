@@ -44,29 +44,51 @@ def embed(encoder: Encoder, texts: list[str], kind: TextKind, autocast=nullconte
         return encoder.embed_texts(texts, kind)
 
 
-def grad_cache_chunks(encoder: Encoder, queries: list[str], passages: list[str], n_chunks: int) -> list[Chunk]:
+def padded_passes(encoder: Encoder, texts: list[str], kind: TextKind) -> tuple[list[str], list[list[str]], list[int]]:
+    """The distinct texts, laid out as ``Encoder.embed_texts`` lays them out (longest first, cut into token-budgeted
+    forward passes): (distinct texts, the texts of each pass, each pass's padded tokens)."""
+    unique = list(dict.fromkeys(texts))
+    if not unique:
+        return [], [], []
+    lengths = encoder.token_lengths(unique, kind)
+    passes = encoder.batches(unique, kind, max_texts=len(unique))
+    return unique, [[unique[i] for i in idx] for idx in passes], [len(idx) * lengths[idx[0]] for idx in passes]
+
+
+def padded_tokens(encoder: Encoder, queries: list[str], passages: list[str]) -> int:
+    """Padded tokens of embedding ``queries`` and ``passages`` the way a training step does."""
+    return sum(
+        sum(padded_passes(encoder, texts, kind)[2]) for kind, texts in (("query", queries), ("passage", passages))
+    )
+
+
+def grad_cache_chunks(
+    encoder: Encoder, queries: list[str], passages: list[str], n_chunks: int, max_tokens: int | None = None
+) -> list[Chunk]:
     """The distinct texts, per kind, in about ``n_chunks`` chunks of equal padded tokens for GradCache.
 
     The texts are laid out as ``Encoder.embed_texts`` lays out the whole batch (longest first, cut into
     token-budgeted forward passes) and each chunk is a run of whole forward passes, so embedding the chunks one by
     one runs exactly the one-pass batch's forward passes, in the same order: no extra padding, a text shared by
     several rows embedded once, and the same dropout masks for the same RNG state. A chunk is never smaller than
-    one forward pass (``EncoderConfig.max_batch_tokens``).
+    one forward pass (``EncoderConfig.max_batch_tokens``), and never holds more than ``max_tokens`` padded tokens
+    unless one pass alone does.
     """
     out: list[Chunk] = []
     kinds: tuple[tuple[TextKind, list[str]], ...] = (("query", queries), ("passage", passages))
     for kind, texts in kinds:
-        unique = list(dict.fromkeys(texts))
-        if not unique:
+        _, passes, pass_tokens = padded_passes(encoder, texts, kind)
+        if not passes:
             continue
-        lengths = encoder.token_lengths(unique, kind)
-        passes = encoder.batches(unique, kind, max_texts=len(unique))
-        target = sum(len(idx) * lengths[idx[0]] for idx in passes) / n_chunks  # padded tokens per chunk
+        target = sum(pass_tokens) / n_chunks  # padded tokens per chunk
         chunk: list[str] = []
         tokens = 0
-        for idx in passes:
-            chunk += [unique[i] for i in idx]
-            tokens += len(idx) * lengths[idx[0]]
+        for texts_of_pass, n_tokens in zip(passes, pass_tokens, strict=True):
+            if chunk and max_tokens is not None and tokens + n_tokens > max_tokens:
+                out.append((kind, chunk))
+                chunk, tokens = [], 0
+            chunk += texts_of_pass
+            tokens += n_tokens
             if tokens >= target:
                 out.append((kind, chunk))
                 chunk, tokens = [], 0

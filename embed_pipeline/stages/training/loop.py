@@ -76,6 +76,7 @@ from embed_pipeline.stages.training.config import (
     data_stats,
 )
 from embed_pipeline.stages.training.distributed import Dist
+from embed_pipeline.stages.training.lora import apply_lora, trainable_summary
 from embed_pipeline.stages.training.loss import Objective
 from embed_pipeline.stages.training.optim import lr_at, make_optimizer, warmup_steps_for
 from embed_pipeline.stages.training.resume import (
@@ -139,15 +140,36 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+# The attention-probability dropout of the model families this pipeline trains (BERT-likes, Llama and most decoders).
+ATTENTION_DROPOUT_KEYS = ("attention_probs_dropout_prob", "attention_dropout", "attn_pdrop")
+
+
 def _load_encoder(
     encoder_config: EncoderConfig, config: TrainingConfig, log: logging.Logger, device: torch.device | None = None
 ) -> Encoder:
-    encoder = Encoder(encoder_config, device=device)
-    if any(p.dtype != torch.float32 for p in encoder.model.parameters()):
+    target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    off = config.attention_dropout == "off" or (config.attention_dropout == "auto" and target.type == "cpu")
+    overrides = dict.fromkeys(ATTENTION_DROPOUT_KEYS, 0.0) if off else {}
+    encoder = Encoder(encoder_config, device=target, config_overrides=overrides)
+    if encoder_config.dtype == "float32" and any(p.dtype != torch.float32 for p in encoder.model.parameters()):
         log.info("Casting %s weights to float32 for training (optimizer precision).", encoder_config.model)
         encoder.model.float()
     if config.gradient_checkpointing:
-        encoder.model.gradient_checkpointing_enable()
+        # Non-reentrant: gradients reach the layers even when the embeddings are frozen (LoRA).
+        non_reentrant = {"use_reentrant": False}
+        if hasattr(encoder.model, "activation_checkpointing_enable"):  # transformers >= 5.x's name
+            encoder.model.activation_checkpointing_enable(activation_checkpointing_kwargs=non_reentrant)
+        else:
+            encoder.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=non_reentrant)
+    if config.lora_rank is not None:
+        encoder.model = apply_lora(encoder.model, config)
+        log.info("LoRA rank %d: %s.", config.lora_rank, trainable_summary(encoder.model))
+    log.info(
+        "Loaded %s: %s weights, %s attention%s, gradient checkpointing %s.", encoder_config.model,
+        encoder_config.dtype, encoder.attn_implementation,
+        "".join(f", {k}={v}" for k, v in encoder.overridden.items()),
+        "on" if config.gradient_checkpointing else "off",
+    )  # fmt: skip
     return encoder
 
 
@@ -342,7 +364,7 @@ def _finetune(
         batch_size=batch_size,
         batch_size_reason=reason,
         local_batch_size=plan.local_batch_size,
-        grad_cache=plan.grad_cache,
+        grad_cache=False,  # set by the steps that were split into GradCache chunks
         local_batch_reason=plan.reason,
         steps_per_epoch=steps_per_epoch,
         total_steps=total_steps,
@@ -478,7 +500,11 @@ def _finetune(
             where = f"epoch {loop.epoch}/{config.num_epochs}, step {loop.step + 1}/{total_steps}"
             step_start = time.perf_counter()
             rows = [train_rows[i] for i in batch_idx]
-            loss = train_step(encoder, optimizer, rows, positives, plan, config, objective, where, dist, autocast)
+            outcome = train_step(encoder, optimizer, rows, positives, plan, config, objective, where, dist, autocast)
+            loss = outcome.loss
+            history.grad_cache = history.grad_cache or outcome.grad_cache
+            history.passes_per_step_max = max(history.passes_per_step_max, outcome.passes)
+            loop.passes_total += outcome.passes
             loop.train_seconds += time.perf_counter() - step_start
             loop.step += 1
             loop.batches_done += 1
@@ -515,6 +541,7 @@ def _finetune(
     history.selection = _selection(history, config, selecting, has_val)
     history.seconds = round(prior_seconds + time.perf_counter() - started, 3)
     history.examples_per_s = round(loop.rows_trained / max(loop.train_seconds, 1e-9), 3)
+    history.passes_per_step_mean = round(loop.passes_total / max(loop.step, 1), 2)
     history.finished = True
     if dist.is_main:
         if selecting:

@@ -28,10 +28,12 @@ def lr_at(step: int, total_steps: int, config: TrainingConfig) -> float:
 
 
 def make_optimizer(model: torch.nn.Module, config: TrainingConfig) -> torch.optim.AdamW:
-    """AdamW with weight decay on matrices only: biases and norm weights (1-D parameters) are not decayed."""
+    """AdamW with weight decay on matrices only: biases and norm weights (1-D parameters) are not decayed; on CUDA
+    the fused kernel (``fused_adamw``). Only trainable parameters are optimised (LoRA: the adapters)."""
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [
         {"params": [p for p in params if p.ndim >= 2], "weight_decay": config.weight_decay},
         {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
     ]
-    return torch.optim.AdamW(groups, lr=config.learning_rate)
+    on_cuda = bool(params) and all(p.is_cuda for p in params)
+    return torch.optim.AdamW(groups, lr=config.learning_rate, fused=True if config.fused_adamw and on_cuda else None)

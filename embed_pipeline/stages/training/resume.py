@@ -50,6 +50,7 @@ class LoopState:
     train_seconds: float = 0.0
     best_val: float = -math.inf  # the best validation score so far (higher is better: nDCG@10, or minus the loss)
     evals_since_best: int = 0
+    passes_total: int = 0  # forward/backward passes over all steps (token-budget splits included)
 
 
 def train_state_dir(out_dir: Path) -> Path:

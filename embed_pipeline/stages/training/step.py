@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from contextlib import nullcontext
+from typing import NamedTuple
 
 import torch
 
@@ -18,6 +19,7 @@ from embed_pipeline.stages.training.grad_cache import (
     embed,
     gather_embeddings,
     grad_cache_chunks,
+    padded_tokens,
     replay_backward,
 )
 from embed_pipeline.stages.training.loss import Objective
@@ -52,6 +54,7 @@ def share_backward(
     where: str,
     n_chunks: int = 1,
     autocast=nullcontext,
+    max_tokens: int | None = None,
 ) -> float:
     """Back-propagate the whole batch's loss through this process's share of the embeddings; returns the loss.
 
@@ -65,7 +68,7 @@ def share_backward(
     (qs, qe), (ps, pe) = bounds[dist.rank], spans[dist.rank]
     queries, passages = batch.queries[qs:qe], batch.passages[ps:pe]
     if n_chunks > 1:
-        parts = grad_cache_chunks(encoder, queries, passages, n_chunks)
+        parts = grad_cache_chunks(encoder, queries, passages, n_chunks, max_tokens)
         states, cached = cached_embeddings(encoder, parts, autocast)
         q_own, p_own = gather_embeddings(encoder, queries, passages, parts, cached)
     else:
@@ -101,6 +104,20 @@ def accumulate_backward(
     return step_loss
 
 
+def _share_tokens(encoder: Encoder, rows: list[TrainingExample], n_passages: int) -> int:
+    queries = [r.query for r in rows]
+    passages = [t for r in rows for t in [r.positive, *r.negatives[: n_passages - 1]]]
+    return padded_tokens(encoder, queries, passages)
+
+
+class StepOutcome(NamedTuple):
+    """What one optimizer step did: its loss, and in how many passes this process computed its gradient."""
+
+    loss: float
+    passes: int
+    grad_cache: bool  # the passes were GradCache chunks (exact in-batch negatives), not accumulated micro-batches
+
+
 def train_step(
     encoder: Encoder,
     optimizer: torch.optim.Optimizer,
@@ -112,27 +129,40 @@ def train_step(
     where: str,
     dist: Dist | None = None,
     autocast=nullcontext,
-) -> float:
-    """One optimizer step on ``rows`` (the global batch): gradients, summed over processes, clip, AdamW step."""
+) -> StepOutcome:
+    """One optimizer step on ``rows`` (the global batch): gradients, summed over processes, clip, AdamW step.
+
+    The share of each process is one pass when it fits ``plan`` (rows and padded tokens), else GradCache chunks or
+    accumulated micro-batches within it."""
     dist = dist or Dist()
     n, in_batch = config.train_n_passages, config.in_batch_negatives
-    if plan.one_pass or plan.grad_cache:
-        start, end = shard_bounds(len(rows), dist.world_size)[dist.rank]
-        n_chunks = math.ceil((end - start) / plan.local_batch_size) if plan.grad_cache else 1
+    start, end = shard_bounds(len(rows), dist.world_size)[dist.rank]
+    share = rows[start:end]
+    # The token budget: this step's share in padded tokens, as its forward passes will pad them.
+    tokens = _share_tokens(encoder, share, n) if plan.max_tokens and share else 0
+    over_budget = plan.max_tokens is not None and tokens > plan.max_tokens
+    if plan.grad_cache or (plan.one_pass and not over_budget):
+        n_chunks = math.ceil(len(share) / plan.local_batch_size) if plan.grad_cache else 1
+        if over_budget:  # plan.grad_cache here
+            n_chunks = max(n_chunks, math.ceil(tokens / plan.max_tokens))
         batch = make_batch(rows, n, positives, in_batch, config.same_document_in_batch)
-        loss = share_backward(encoder, batch, objective, dist, config, where, n_chunks, autocast)
+        loss = share_backward(encoder, batch, objective, dist, config, where, n_chunks, autocast, plan.max_tokens)
+        passes, cached = n_chunks, n_chunks > 1
     else:
-        start, end = shard_bounds(len(rows), dist.world_size)[dist.rank]
+        micro_rows = plan.local_batch_size
+        if over_budget:
+            micro_rows = min(micro_rows, max(1, len(share) * plan.max_tokens // tokens))
         micro = [
             make_batch(part, n, positives, in_batch, config.same_document_in_batch)
-            for part in chunks(rows[start:end], plan.local_batch_size)
+            for part in chunks(share, micro_rows)
         ]
         own = accumulate_backward(encoder, micro, len(rows), objective, config, where, autocast)
         loss = dist.sum(own, encoder.device)
+        passes, cached = len(micro), False
     dist.all_reduce_grads(encoder.model)
     grad_norm = torch.nn.utils.clip_grad_norm_(encoder.model.parameters(), config.max_grad_norm)
     if not torch.isfinite(grad_norm):
         raise non_finite("gradient norm", grad_norm.item(), where, config)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return loss
+    return StepOutcome(loss, passes, cached)
