@@ -203,7 +203,10 @@ def test_tensorrt_in_a_container_without_tensorrt_fails_the_step(tmp_path: Path,
     storage = PipelineStorage(corpora_dir=str(tmp_path), artifacts_dir=str(artifacts))
     with pytest.raises(ContainerStageError, match="tensorrt_engine not built in a container of 'embed-pipeline:test'"):
         dg.materialize(
-            [tensorrt_engine], partition_key="c", instance=instance, resources={"storage": storage, "compute": compute}
+            [tensorrt_engine],
+            partition_key="c",
+            instance=instance,
+            resources={"storage": storage, "compute": compute, "base_encoder": BaseEncoder(model="unused")},
         )
     [container] = fake_docker.created
     assert container.proc.returncode == 0  # the stage itself succeeded: it reported why it built nothing

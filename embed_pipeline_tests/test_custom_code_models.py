@@ -104,8 +104,10 @@ def test_training_keeps_the_code_and_lora_merges_into_a_plain_model(tiny_llama_d
     assert float((ours * theirs).sum()) > 0.9999
 
 
-def test_onnx_export_of_the_bidirectional_llama_passes_parity(tiny_llama_dir: Path, tmp_path: Path) -> None:
+def test_onnx_export_of_the_bidirectional_llama_passes_parity(tiny_llama_dir: Path, tmp_path: Path, no_opt_in) -> None:
     enc = config(tiny_llama_dir, trust_remote_code=True)
+    with pytest.raises(RemoteCodeRefused):  # the export runs the model's code too
+        export_onnx(tiny_llama_dir, tmp_path / "refused", OnnxExportConfig())
     result = export_onnx(tiny_llama_dir, tmp_path / "onnx", OnnxExportConfig(), encoder_config=enc)
     assert result.probe_cosine["fp32"] > 0.9999 and result.probe_cosine["int8"] > 0.99
     manifest = json.loads((tmp_path / "onnx" / "manifest.json").read_text())
@@ -116,6 +118,11 @@ def test_onnx_export_of_the_bidirectional_llama_passes_parity(tiny_llama_dir: Pa
     onnx = OnnxEncoder(tmp_path / "onnx").encode(texts, "passage")
     torch_vectors = Encoder(enc, device="cpu").encode(texts, "passage")
     assert float((onnx * torch_vectors).sum(axis=1).min()) > 0.9999
+    # The manifest records that the export ran the code; it never grants that to whoever reads it next.
+    from embed_pipeline.stages.export.manifest import read_manifest
+
+    with pytest.raises(RemoteCodeRefused):
+        Encoder(read_manifest(tmp_path / "onnx").encoder_config(str(tiny_llama_dir)))
 
 
 def test_the_whole_graph_runs_on_a_custom_code_model_only_with_the_opt_in(

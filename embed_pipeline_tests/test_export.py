@@ -337,7 +337,7 @@ def test_a_failing_variant_is_dropped_unless_served(
 
     out = tmp_path / "onnx_model"
 
-    def fake_export(model_dir, out_dir, config, logger=None):
+    def fake_export(model_dir, out_dir, config, logger=None, trust_remote_code=None):
         shutil.copytree(exported.out_dir, out_dir)
         return exported.model_copy(update={"out_dir": out_dir})
 

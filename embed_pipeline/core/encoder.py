@@ -15,7 +15,14 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, Field
 
-from embed_pipeline.core.model_loading import check_remote_code, load_config, load_model, load_tokenizer
+from embed_pipeline.core.model_loading import (
+    ENV_VAR,
+    RemoteCodeRefused,
+    check_remote_code,
+    load_config,
+    load_model,
+    load_tokenizer,
+)
 from embed_pipeline.core.progress import Progress
 from embed_pipeline.core.settings import DEFAULT_BASE_MODEL, offline_env, resolve_model_path
 
@@ -140,6 +147,11 @@ class Encoder:
             self.tokenizer = load_tokenizer(path, trust)
             self.model, self.attn_implementation = self._load_model(path, trust, config_overrides or {})
         except (OSError, ValueError) as exc:  # missing files, or files that are not a model
+            if "trust_remote_code" in str(exc):  # transformers' own refusal (a model we could not inspect first)
+                raise RemoteCodeRefused(
+                    f"Model {config.model!r} needs to run its own code to load, which was not allowed: {exc} Set "
+                    f"{ENV_VAR}=1 (or trust_remote_code on the base_encoder resource) if you trust it."
+                ) from exc
             raise RuntimeError(
                 f"Could not load encoder {config.model!r} (resolved to {path!r}): {exc}. Point EMBED_BASE_MODEL "
                 "(or the run config's `model`) at a local model folder or a hub id available offline."

@@ -59,18 +59,32 @@ def remote_code_entries(folder: str | Path, tokenizer_only: bool = False) -> dic
     return entries
 
 
+def local_folder(path: str | Path) -> Path | None:
+    """``path`` itself when it is a folder, else the Hugging Face cache's snapshot of that hub id (None: neither)."""
+    if Path(path).is_dir():
+        return Path(path)
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(str(path), local_files_only=True))
+    except Exception:  # not a hub id, or not in the cache: transformers reports it when it tries
+        return None
+
+
 def check_remote_code(model: str, path: str | Path, setting: bool | None = None, tokenizer_only: bool = False) -> bool:
     """The ``trust_remote_code`` to pass to transformers for ``path``; raises ``RemoteCodeRefused`` when the model
     (or, ``tokenizer_only``, its tokenizer) needs its own code and neither the setting nor the environment allows
     it."""
     trust = allowed(setting)
-    entries = remote_code_entries(path, tokenizer_only) if Path(path).is_dir() else {}
+    folder = local_folder(path)
+    entries = remote_code_entries(folder, tokenizer_only) if folder is not None else {}
     if entries and not trust:
         shown = "; ".join(f"{k} -> {v}" for k, v in sorted(entries.items()))
         raise RemoteCodeRefused(
-            f"Model {model!r} ({path}) ships its own Python code ({shown}), which runs when it loads. Nothing was "
+            f"Model {model!r} ({folder}) ships its own Python code ({shown}), which runs when it loads. Nothing was "
             f"run. If you trust this repository, set {ENV_VAR}=1 (or trust_remote_code: true on the base_encoder "
-            "resource in the Launchpad, or --trust-remote-code on the command line) and run again."
+            "resource in the Launchpad; --trust-remote-code for embed-pipeline serve and the training and export "
+            "commands) and run again."
         )
     return trust
 

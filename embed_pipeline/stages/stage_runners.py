@@ -116,10 +116,10 @@ def onnx_export(params: Params, log: logging.Logger) -> dict[str, Any]:
     """`onnx_model`: export, then parity of every served variant against the checkpoint on the eval set.
 
     params: model_dir, eval_dir, out_dir, config (OnnxExportConfig), parity_path (where the reports are written),
-    served_variant (what the service will load; default fp32). A variant that fails its gate is dropped from the
-    export, unless it is fp32 (the reference every other variant derives from) or the served one: those fail the
-    asset's blocking check instead. Returns ``{"export": OnnxExportResult, "parity": {variant: ParityReport},
-    "dropped": {variant: why}}``.
+    served_variant (what the service will load; default fp32), trust_remote_code (the user's opt-in). A variant
+    that fails its gate is dropped from the export, unless it is fp32 (the reference every other variant derives
+    from) or the served one: those fail the asset's blocking check instead. Returns ``{"export": OnnxExportResult,
+    "parity": {variant: ParityReport}, "dropped": {variant: why}}``.
     """
     from embed_pipeline.stages.export.manifest import drop_variants
     from embed_pipeline.stages.export.onnx_export import OnnxExportConfig, export_onnx
@@ -127,10 +127,12 @@ def onnx_export(params: Params, log: logging.Logger) -> dict[str, Any]:
 
     model_dir, eval_dir, out = Path(params["model_dir"]), Path(params["eval_dir"]), Path(params["out_dir"])
     served = params.get("served_variant", "fp32")
-    result = export_onnx(model_dir, out, OnnxExportConfig.model_validate(params["config"]), logger=log)
+    trust = bool(params.get("trust_remote_code"))  # the base_encoder resource's opt-in (or EMBED_TRUST_REMOTE_CODE)
+    config = OnnxExportConfig.model_validate(params["config"])
+    result = export_onnx(model_dir, out, config, logger=log, trust_remote_code=trust)
     variants = [v for v in result.files if v in PARITY_THRESHOLDS]  # fp32, int8, fp16 (not the portable graph)
     # The checkpoint encodes the eval set once for all variants.
-    measured = check_parity_variants(model_dir, out, eval_dir, variants, logger=log)
+    measured = check_parity_variants(model_dir, out, eval_dir, variants, logger=log, trust_remote_code=trust)
     reports = {variant: report.model_dump(mode="json") for variant, report in measured.items()}
     write_json(Path(params["parity_path"]), reports)
     dropped = {
@@ -165,7 +167,10 @@ def tensorrt_engine(params: Params, log: logging.Logger) -> dict[str, Any]:
     if parity := params.get("parity"):
         from embed_pipeline.stages.export.engine_parity import check_engine_parity
 
-        measured = check_engine_parity(Path(parity["model_dir"]), out, Path(parity["eval_dir"]), logger=log)
+        measured = check_engine_parity(
+            Path(parity["model_dir"]), out, Path(parity["eval_dir"]), logger=log,
+            trust_remote_code=bool(params.get("trust_remote_code")),
+        )  # fmt: skip
         report = measured.model_dump(mode="json")
         write_json(Path(parity["path"]), report)
     return {"built": True, "result": result.model_dump(mode="json"), "parity": report}

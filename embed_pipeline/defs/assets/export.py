@@ -14,7 +14,7 @@ from embed_pipeline.defs.compute import GPU_POOL, ComputeTarget, ContainerStageE
 from embed_pipeline.defs.config import run_config_for, to_stage
 from embed_pipeline.defs.metadata import path_value, upstream_file
 from embed_pipeline.defs.partitions import corpus_partitions
-from embed_pipeline.defs.resources import PipelineStorage, ServingTarget
+from embed_pipeline.defs.resources import BaseEncoder, PipelineStorage, ServingTarget
 from embed_pipeline.stages.export.onnx_export import OnnxExportConfig, OnnxExportResult
 from embed_pipeline.stages.export.parity import ParityReport
 from embed_pipeline.stages.export.tensorrt_engine import TensorRTConfig, TensorRTResult, tensorrt_unavailable_reason
@@ -115,6 +115,7 @@ def onnx_model(
     storage: PipelineStorage,
     compute: ComputeTarget,
     serving: ServingTarget,
+    base_encoder: BaseEncoder,
 ):
     """ONNX export (pooling and L2 normalisation inside the graph), int8/fp16 variants, tokenizer, manifest.
 
@@ -132,6 +133,7 @@ def onnx_model(
         "config": to_stage(config, OnnxExportConfig).model_dump(mode="json"),
         "parity_path": str(out / PARITY_FILE),  # parity of every served variant (fp32, int8, fp16)
         "served_variant": serving.variant,
+        "trust_remote_code": base_encoder.trust_remote_code,  # a custom-code checkpoint runs its code to export
     }
     done = run_stage(context, compute, "onnx_export", params)
     result = OnnxExportResult.model_validate(done["export"])
@@ -174,7 +176,11 @@ def onnx_model(
     pool=GPU_POOL,
 )
 def tensorrt_engine(
-    context: dg.AssetExecutionContext, config: TensorRTRunConfig, storage: PipelineStorage, compute: ComputeTarget
+    context: dg.AssetExecutionContext,
+    config: TensorRTRunConfig,
+    storage: PipelineStorage,
+    compute: ComputeTarget,
+    base_encoder: BaseEncoder,
 ):
     """TensorRT engine (fp16, pooling/normalisation in fp32) whose profile covers the trained max length.
 
@@ -194,6 +200,7 @@ def tensorrt_engine(
         "onnx_dir": str(onnx_dir),
         "out_dir": str(out),
         "config": to_stage(config, TensorRTConfig).model_dump(mode="json"),
+        "trust_remote_code": base_encoder.trust_remote_code,
     }
     if compute.mode == "docker":  # measure parity in the GPU container; tensorrt_parity judges it here
         params["parity"] = {
@@ -230,7 +237,7 @@ def tensorrt_engine(
     pool=GPU_POOL,
 )
 def tensorrt_parity(
-    context: dg.AssetCheckExecutionContext, storage: PipelineStorage, compute: ComputeTarget
+    context: dg.AssetCheckExecutionContext, storage: PipelineStorage, compute: ComputeTarget, base_encoder: BaseEncoder
 ) -> dg.AssetCheckResult:
     corpus = context.partition_key
     engine_dir = storage.asset_dir(corpus, "tensorrt_engine")
@@ -245,6 +252,7 @@ def tensorrt_parity(
             engine_dir,
             storage.asset_dir(corpus, "eval_set"),
             logger=context.log,
+            trust_remote_code=base_encoder.trust_remote_code,
         )
         write_json(engine_dir / PARITY_FILE, report.model_dump(mode="json"))
     return dg.AssetCheckResult(

@@ -25,6 +25,7 @@ def check_engine_parity(
     k_values: list[int] | None = None,
     logger: logging.Logger | None = None,
     batch_size: int | None = None,
+    trust_remote_code: bool = False,
 ) -> ParityReport:
     """Encode the eval set with the checkpoint and with the engine; compare vectors and retrieval."""
     log = logger or _log
@@ -32,7 +33,7 @@ def check_engine_parity(
     data = load_beir(Path(eval_set_dir))
     manifest = read_engine_manifest(Path(engine_dir))
     precision = "fp16" if manifest.precision.startswith("fp16") else "fp32"
-    torch_encoder = Encoder(manifest.onnx.encoder_config(str(model_dir)))
+    torch_encoder = Encoder(manifest.onnx.encoder_config(str(model_dir), trust_remote_code))
     t_q, t_c, t_s = encode_eval_set(torch_encoder, data, batch_size, log, "PyTorch")
     del torch_encoder
     gc.collect()

@@ -65,8 +65,9 @@ class OnnxManifest(BaseModel):
     export_seconds: float
     versions: dict[str, str] = Field(description="torch, transformers, onnx, onnxruntime versions at export.")
 
-    def encoder_config(self, model: str) -> EncoderConfig:
-        """The ``EncoderConfig`` this export reproduces, with ``model`` pointing at ``model``."""
+    def encoder_config(self, model: str, trust_remote_code: bool = False) -> EncoderConfig:
+        """The ``EncoderConfig`` this export reproduces, with ``model`` pointing at ``model``. Whether that model's
+        own code may run is the caller's setting, never the manifest's record of the export."""
         return EncoderConfig(
             model=model,
             pooling=self.pooling,
@@ -77,7 +78,7 @@ class OnnxManifest(BaseModel):
             passage_max_length=self.passage_max_length,
             batch_size=self.batch_size,
             max_batch_tokens=self.max_batch_tokens,
-            trust_remote_code=self.trust_remote_code,
+            trust_remote_code=trust_remote_code,
         )
 
 

@@ -256,6 +256,7 @@ def export_onnx(
     config: OnnxExportConfig,
     encoder_config: EncoderConfig | None = None,
     logger: logging.Logger | None = None,
+    trust_remote_code: bool | None = None,
 ) -> OnnxExportResult:
     """Export ``model_dir`` to ``out_dir`` (replaced atomically); see the module docstring.
 
@@ -273,7 +274,8 @@ def export_onnx(
         )
     enc = encoder_config or checkpoint_encoder_config(Path(model_path)) or EncoderConfig(model=str(model_dir))
     # The caller's setting, or the environment; never the folder's own history (a file must not grant itself trust).
-    trust = check_remote_code(str(model_dir), model_path, encoder_config.trust_remote_code if encoder_config else None)
+    setting = encoder_config.trust_remote_code if encoder_config else trust_remote_code
+    trust = check_remote_code(str(model_dir), model_path, setting)
     enc = enc.model_copy(update={"trust_remote_code": trust, "dtype": "float32"})  # exported and compared in fp32
     tokenizer = load_tokenizer(model_path, trust)
     model_config = load_config(model_path, trust)

@@ -206,6 +206,7 @@ def check_parity(
     logger: logging.Logger | None = None,
     batch_size: int | None = None,
     providers: list[str] | None = None,
+    trust_remote_code: bool = False,
 ) -> ParityReport:
     """Encode the whole eval set with the checkpoint and with the export; compare vectors and retrieval.
 
@@ -213,7 +214,7 @@ def check_parity(
     normalisation or prefixes differ from the checkpoint's trained ones is reported as a failure too.
     """
     reports = check_parity_variants(
-        model_dir, onnx_dir, eval_set_dir, [variant], k_values, logger, batch_size, providers
+        model_dir, onnx_dir, eval_set_dir, [variant], k_values, logger, batch_size, providers, trust_remote_code
     )
     return reports[variant]
 
@@ -227,6 +228,7 @@ def check_parity_variants(
     logger: logging.Logger | None = None,
     batch_size: int | None = None,
     providers: list[str] | None = None,
+    trust_remote_code: bool = False,
 ) -> dict[str, ParityReport]:
     """:func:`check_parity` for several variants, encoding the eval set with the checkpoint once for all."""
     log = logger or _log
@@ -236,7 +238,7 @@ def check_parity_variants(
     ks = sorted({int(k) for k in (k_values or [1, 5, 10, 100])} | {10})
     data = load_beir(Path(eval_set_dir))
     manifest = read_manifest(Path(onnx_dir))
-    config = manifest.encoder_config(str(model_dir))
+    config = manifest.encoder_config(str(model_dir), trust_remote_code)  # the checkpoint, in PyTorch
     failures: list[str] = []
     trained = checkpoint_encoder_config(Path(model_dir))
     if trained is not None:

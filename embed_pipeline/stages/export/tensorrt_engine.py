@@ -219,6 +219,8 @@ def build_engine(
         trust = check_remote_code(str(onnx_dir), onnx_dir, tokenizer_only=True)
         load_tokenizer(onnx_dir, trust).save_pretrained(staged)
         for name in manifest.remote_code_files + (["config.json"] if manifest.remote_code_files else []):
+            if Path(name).name != name:  # plain file names only: a manifest must not reach outside its folder
+                raise ValueError(f"{onnx_dir / 'manifest.json'}: remote_code_files entry {name!r} is not a file name.")
             shutil.copy2(onnx_dir / name, staged / name)  # the model's own code travels with the engine too
         write_json(staged / ENGINE_MANIFEST, engine_manifest.model_dump(mode="json"))
     engine_path = out_dir / ENGINE_FILE

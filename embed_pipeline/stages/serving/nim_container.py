@@ -7,8 +7,9 @@ variable and which files depend on the NIM release, hence the config fields:
   an ONNX (``.onnx``) or TensorRT (``.plan``/``.engine``) model folder: an ``onnx_model`` export. The default for
   images that are not Nemotron embedding NIMs.
 - The Nemotron embedding NIMs from 2.2 on: ``NIM_MODEL_PATH`` pointing at a Hugging Face safetensors folder
-  (``finetuned_model``'s output, which keeps the model's own code files): the default for Nemotron images
-  (``default_model_env_var``). ``NIM_ENGINE_MODEL_PATH`` (2.4+) takes the same folder.
+  (``finetuned_model``'s output, which keeps the model's own code files): what the ``embedding_service`` asset
+  picks for Nemotron images (``default_model_env_var``); ``NimDeployConfig`` itself defaults to the 1.x
+  variable. ``NIM_ENGINE_MODEL_PATH`` (2.4+) takes the same folder.
 
 Either way the weights must keep the architecture, tokenizer and pooling of the model the NIM image ships (e.g. a
 fine-tune of ``nvidia/llama-nemotron-embed-1b-v2`` in that model's NIM); a NIM does not serve arbitrary

@@ -10,7 +10,7 @@ from embed_pipeline.core.encoder import Encoder, EncoderConfig
 from embed_pipeline.core.model_loading import copy_code_files
 from embed_pipeline.stages.model_card import HISTORY_FILE, write_model_card
 from embed_pipeline.stages.training.config import TrainingHistory
-from embed_pipeline.stages.training.lora import plain_model
+from embed_pipeline.stages.training.lora import save_plain
 
 ST_POOLING_KEYS = {
     "cls": "pooling_mode_cls_token",
@@ -67,12 +67,12 @@ def save_checkpoint(encoder: Encoder, out_dir: Path, history: TrainingHistory) -
     """Write model, tokenizer, sentence-transformers files, history and card to a temp folder, then swap it in."""
     with atomic_path(out_dir) as tmp:
         tmp.mkdir(parents=True)
-        model = plain_model(encoder.model)  # LoRA adapters merged: a plain model
+        model = encoder.model
         trained_with = {k: getattr(model.config, k) for k in encoder.original_values}
         try:  # the saved configuration is the model's own (training-only changes such as attention dropout undone)
             for key, value in encoder.original_values.items():
                 setattr(model.config, key, value)
-            model.save_pretrained(tmp)
+            save_plain(model, tmp)  # LoRA adapters merged: a plain model
         finally:
             for key, value in trained_with.items():
                 setattr(model.config, key, value)

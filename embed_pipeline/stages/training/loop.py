@@ -151,8 +151,16 @@ def _load_encoder(
     off = config.attention_dropout == "off" or (config.attention_dropout == "auto" and target.type == "cpu")
     overrides = dict.fromkeys(ATTENTION_DROPOUT_KEYS, 0.0) if off else {}
     encoder = Encoder(encoder_config, device=target, config_overrides=overrides)
-    if encoder_config.dtype == "float32" and any(p.dtype != torch.float32 for p in encoder.model.parameters()):
-        log.info("Casting %s weights to float32 for training (optimizer precision).", encoder_config.model)
+    half = any(p.dtype != torch.float32 for p in encoder.model.parameters())
+    if half and config.lora_rank is None:
+        # A full fine-tune keeps float32 weights: AdamW steps of ~1e-5 on weights of ~1e-2 round away in bfloat16.
+        if encoder_config.dtype != "float32":
+            log.warning(
+                "dtype %s with a full fine-tune: training in float32 (optimizer precision); set lora_rank to keep "
+                "the frozen base in %s.", encoder_config.dtype, encoder_config.dtype,
+            )  # fmt: skip
+        else:
+            log.info("Casting %s weights to float32 for training (optimizer precision).", encoder_config.model)
         encoder.model.float()
     if config.gradient_checkpointing:
         # Non-reentrant: gradients reach the layers even when the embeddings are frozen (LoRA).

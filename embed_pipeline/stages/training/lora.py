@@ -3,13 +3,13 @@
 The recipe fine-tunes all weights; on a GPU too small for that (weights, gradients and two AdamW moments in float32
 are 16 bytes per parameter: 19 GB for a 1.2B model before activations) ``lora_rank`` trains adapters on the linear
 layers instead. What is saved is always a plain model: the adapters are merged into a copy of the weights at save
-time (``mergeable_copy``), so the ONNX export, the NIM and the serving backends need nothing new.
+time (``save_plain``: one layer at a time, on the CPU), so the ONNX export, the NIM and the serving backends need
+nothing new.
 """
 
 from __future__ import annotations
 
-import copy
-
+import torch
 from torch import nn
 
 from embed_pipeline.stages.training.config import TrainingConfig
@@ -45,8 +45,34 @@ def trainable_summary(model: nn.Module) -> str:
     return f"{trainable:,} of {total:,} parameters trainable ({100 * trainable / max(total, 1):.2f}%)"
 
 
-def plain_model(model: nn.Module) -> nn.Module:
-    """What to save: ``model`` itself, or for a LoRA model a copy with the adapters merged into the weights."""
+def merged_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The base model's weights with the LoRA adapters merged in, on the CPU, under the plain model's names.
+
+    One adapted layer is merged at a time (its base weight plus ``get_delta_weight``) and moved to the CPU at once,
+    so saving costs no GPU memory beyond one layer's delta, and the model being trained is never modified."""
+    from peft.tuners.lora import LoraLayer
+
+    base = model.get_base_model()
+    adapted = {name: m for name, m in base.named_modules() if isinstance(m, LoraLayer)}
+    out: dict[str, torch.Tensor] = {}
+    with torch.no_grad():
+        for key, value in base.state_dict().items():
+            if "lora_" in key:
+                continue
+            owner, sep, leaf = key.partition(".base_layer.")
+            if sep:
+                layer = adapted[owner]
+                if leaf == "weight":
+                    for adapter in layer.active_adapters:
+                        value = value + layer.get_delta_weight(adapter).to(value.dtype)
+                key = f"{owner}.{leaf}"
+            out[key] = value.detach().to("cpu", copy=True).contiguous()
+    return out
+
+
+def save_plain(model: nn.Module, folder) -> None:
+    """``save_pretrained`` of a plain model: the model itself, or a LoRA model's base with the adapters merged."""
     if not is_lora(model):
-        return model
-    return copy.deepcopy(model).merge_and_unload()
+        model.save_pretrained(folder)
+        return
+    model.get_base_model().save_pretrained(folder, state_dict=merged_state_dict(model))

@@ -82,7 +82,8 @@ def run_fingerprint(
         "train_sha256": _file_sha256(train_path),
         "val_sha256": _file_sha256(val_path),
         "val_retrieval_sha256": inputs_fingerprint([val_retrieval], None) if val_retrieval else None,
-        "encoder_config": encoder_config.model_dump(mode="json"),
+        # Trust changes nothing numerically: switching how it is given must not discard a run.
+        "encoder_config": encoder_config.model_dump(mode="json", exclude={"trust_remote_code"}),
         "training_config": config.model_dump(mode="json", exclude=NOT_FINGERPRINTED),
     }
 

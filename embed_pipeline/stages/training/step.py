@@ -110,6 +110,29 @@ def _share_tokens(encoder: Encoder, rows: list[TrainingExample], n_passages: int
     return padded_tokens(encoder, queries, passages)
 
 
+def _token_bounded_parts(
+    encoder: Encoder, rows: list[TrainingExample], n_passages: int, max_rows: int, max_tokens: int | None
+) -> list[list[TrainingExample]]:
+    """``rows`` in order, cut into micro-batches of at most ``max_rows`` rows and, when ``max_tokens`` is set, at
+    most that many padded tokens (each kind padded to its longest text in the micro-batch: an upper bound)."""
+    if max_tokens is None:
+        return chunks(rows, max_rows)
+    q_len = encoder.token_lengths([r.query for r in rows], "query")
+    p_len = [max(encoder.token_lengths([r.positive, *r.negatives[: n_passages - 1]], "passage")) for r in rows]
+    parts: list[list[TrainingExample]] = []
+    part: list[int] = []
+    for i in range(len(rows)):
+        grown = part + [i]
+        n_texts = sum(1 + min(len(rows[j].negatives), n_passages - 1) for j in grown)
+        padded = len(grown) * max(q_len[j] for j in grown) + n_texts * max(p_len[j] for j in grown)
+        if part and (padded > max_tokens or len(grown) > max_rows):
+            parts.append([rows[j] for j in part])
+            grown = [i]
+        part = grown
+    parts.append([rows[j] for j in part])
+    return parts
+
+
 class StepOutcome(NamedTuple):
     """What one optimizer step did: its loss, and in how many passes this process computed its gradient."""
 
@@ -141,6 +164,8 @@ def train_step(
     # The token budget: this step's share in padded tokens, as its forward passes will pad them.
     tokens = _share_tokens(encoder, share, n) if plan.max_tokens and share else 0
     over_budget = plan.max_tokens is not None and tokens > plan.max_tokens
+    if dist.world_size > 1 and plan.max_tokens is not None:  # every process takes the same path (same collectives)
+        over_budget = dist.sum(float(over_budget), encoder.device) > 0
     if plan.grad_cache or (plan.one_pass and not over_budget):
         n_chunks = math.ceil(len(share) / plan.local_batch_size) if plan.grad_cache else 1
         if over_budget:  # plan.grad_cache here
@@ -149,13 +174,8 @@ def train_step(
         loss = share_backward(encoder, batch, objective, dist, config, where, n_chunks, autocast, plan.max_tokens)
         passes, cached = n_chunks, n_chunks > 1
     else:
-        micro_rows = plan.local_batch_size
-        if over_budget:
-            micro_rows = min(micro_rows, max(1, len(share) * plan.max_tokens // tokens))
-        micro = [
-            make_batch(part, n, positives, in_batch, config.same_document_in_batch)
-            for part in chunks(share, micro_rows)
-        ]
+        parts = _token_bounded_parts(encoder, share, n, plan.local_batch_size, plan.max_tokens if over_budget else None)
+        micro = [make_batch(part, n, positives, in_batch, config.same_document_in_batch) for part in parts]
         own = accumulate_backward(encoder, micro, len(rows), objective, config, where, autocast)
         loss = dist.sum(own, encoder.device)
         passes, cached = len(micro), False
