@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source scripts/setup_env.sh
 CORPUS=${CORPUS:-stdlib_docs}
-# 30 modules (22 documents after the size filter, 221 test queries) ran in 6 minutes on 2 CPU cores;
+# 30 modules (22 documents after the size filter, 221 test queries) ran in 5 minutes on 2 CPU cores;
 # DEMO_DOCS=0 builds all of them (80 documents, 549 test queries: 12 minutes). benchmarks/RESULTS.md has both.
 DEMO_DOCS=${DEMO_DOCS:-30}
 .venv/bin/embed-pipeline demo-corpus --name "$CORPUS" $([ "$DEMO_DOCS" != 0 ] && echo --max-docs "$DEMO_DOCS")
