@@ -519,3 +519,13 @@ def test_same_document_in_batch_negatives_can_be_masked() -> None:
     # Rows written before documents were recorded are never masked.
     legacy = make_batch(make_rows(WORDS[:3]), 2, {}, True, same_document_in_batch=False)
     assert legacy.excluded == open_batch.excluded
+
+
+def test_a_forward_pass_larger_than_the_token_budget_is_warned(
+    tiny_model_dir: Path, data_dir: Path, tmp_path: Path, caplog
+) -> None:
+    logger = logging.getLogger("test_training.budget")
+    config = fast_config(num_epochs=1, train_tokens_per_pass=256)  # forward passes of up to 4096 tokens
+    with caplog.at_level(logging.WARNING, logger=logger.name):
+        finetune(data_dir / "train.jsonl", None, enc_config(tiny_model_dir), config, tmp_path, logger)
+    assert any("exceeds train_tokens_per_pass 256" in r.message for r in caplog.records)

@@ -349,6 +349,12 @@ def _finetune(
 
     batch_size, reason = choose_batch_size(len(train_rows), config.global_batch_size, config.min_steps_per_epoch)
     plan = choose_local_batch(batch_size, config, dist.world_size)
+    if plan.max_tokens is not None and encoder_config.max_batch_tokens > plan.max_tokens:
+        log.warning(
+            "max_batch_tokens %d (tokens per forward pass) exceeds train_tokens_per_pass %d: a single forward pass "
+            "can hold more than the budget. Lower max_batch_tokens to keep training memory within it.",
+            encoder_config.max_batch_tokens, plan.max_tokens,
+        )  # fmt: skip
     steps_per_epoch = math.ceil(len(train_rows) / batch_size)
     total_steps = steps_per_epoch * config.num_epochs
     if dist.world_size > 1:
