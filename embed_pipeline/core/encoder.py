@@ -216,9 +216,12 @@ class Encoder:
             for ids in self.tokenizer(self.prefixed(texts, kind), truncation=True, max_length=max_len)["input_ids"]
         ]
 
-    def batches(self, texts: list[str], kind: TextKind, max_texts: int | None = None) -> list[np.ndarray]:
-        """Index batches, longest texts first, each within ``batch_size`` texts and ``max_batch_tokens`` tokens."""
-        lengths = self.token_lengths(texts, kind)
+    def batches(
+        self, texts: list[str], kind: TextKind, max_texts: int | None = None, lengths: list[int] | None = None
+    ) -> list[np.ndarray]:
+        """Index batches, longest texts first, each within ``batch_size`` texts and ``max_batch_tokens`` tokens.
+        ``lengths``: the texts' ``token_lengths`` when the caller already has them."""
+        lengths = self.token_lengths(texts, kind) if lengths is None else lengths
         order = np.argsort([-n for n in lengths], kind="stable")
         return token_budget_batches(order, lengths, max_texts or self.config.batch_size, self.config.max_batch_tokens)
 

@@ -44,21 +44,21 @@ def embed(encoder: Encoder, texts: list[str], kind: TextKind, autocast=nullconte
         return encoder.embed_texts(texts, kind)
 
 
-def padded_passes(encoder: Encoder, texts: list[str], kind: TextKind) -> tuple[list[str], list[list[str]], list[int]]:
+def padded_passes(encoder: Encoder, texts: list[str], kind: TextKind) -> tuple[list[list[str]], list[int]]:
     """The distinct texts, laid out as ``Encoder.embed_texts`` lays them out (longest first, cut into token-budgeted
-    forward passes): (distinct texts, the texts of each pass, each pass's padded tokens)."""
+    forward passes): (the texts of each pass, each pass's padded tokens)."""
     unique = list(dict.fromkeys(texts))
     if not unique:
-        return [], [], []
-    lengths = encoder.token_lengths(unique, kind)
-    passes = encoder.batches(unique, kind, max_texts=len(unique))
-    return unique, [[unique[i] for i in idx] for idx in passes], [len(idx) * lengths[idx[0]] for idx in passes]
+        return [], []
+    lengths = encoder.token_lengths(unique, kind)  # tokenized once: the passes are cut from these lengths
+    passes = encoder.batches(unique, kind, max_texts=len(unique), lengths=lengths)
+    return [[unique[i] for i in idx] for idx in passes], [len(idx) * lengths[idx[0]] for idx in passes]
 
 
 def padded_tokens(encoder: Encoder, queries: list[str], passages: list[str]) -> int:
     """Padded tokens of embedding ``queries`` and ``passages`` the way a training step does."""
     return sum(
-        sum(padded_passes(encoder, texts, kind)[2]) for kind, texts in (("query", queries), ("passage", passages))
+        sum(padded_passes(encoder, texts, kind)[1]) for kind, texts in (("query", queries), ("passage", passages))
     )
 
 
@@ -77,7 +77,7 @@ def grad_cache_chunks(
     out: list[Chunk] = []
     kinds: tuple[tuple[TextKind, list[str]], ...] = (("query", queries), ("passage", passages))
     for kind, texts in kinds:
-        _, passes, pass_tokens = padded_passes(encoder, texts, kind)
+        passes, pass_tokens = padded_passes(encoder, texts, kind)
         if not passes:
             continue
         target = sum(pass_tokens) / n_chunks  # padded tokens per chunk

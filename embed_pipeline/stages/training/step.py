@@ -117,19 +117,21 @@ def _token_bounded_parts(
     most that many padded tokens (each kind padded to its longest text in the micro-batch: an upper bound)."""
     if max_tokens is None:
         return chunks(rows, max_rows)
+    groups = [[r.positive, *r.negatives[: n_passages - 1]] for r in rows]
     q_len = encoder.token_lengths([r.query for r in rows], "query")
-    p_len = [max(encoder.token_lengths([r.positive, *r.negatives[: n_passages - 1]], "passage")) for r in rows]
+    flat = iter(encoder.token_lengths([t for g in groups for t in g], "passage"))  # one tokenizer call per kind
+    p_len = [max(next(flat) for _ in g) for g in groups]
     parts: list[list[TrainingExample]] = []
-    part: list[int] = []
-    for i in range(len(rows)):
-        grown = part + [i]
-        n_texts = sum(1 + min(len(rows[j].negatives), n_passages - 1) for j in grown)
-        padded = len(grown) * max(q_len[j] for j in grown) + n_texts * max(p_len[j] for j in grown)
-        if part and (padded > max_tokens or len(grown) > max_rows):
-            parts.append([rows[j] for j in part])
-            grown = [i]
-        part = grown
-    parts.append([rows[j] for j in part])
+    part: list[TrainingExample] = []
+    q_max = p_max = n_texts = 0  # the current micro-batch's longest query, longest passage, passages
+    for row, ql, pl, group in zip(rows, q_len, p_len, groups, strict=True):
+        q2, p2, n2 = max(q_max, ql), max(p_max, pl), n_texts + len(group)
+        if part and (len(part) + 1 > max_rows or (len(part) + 1) * q2 + n2 * p2 > max_tokens):
+            parts.append(part)
+            part, q2, p2, n2 = [], ql, pl, len(group)
+        part.append(row)
+        q_max, p_max, n_texts = q2, p2, n2
+    parts.append(part)
     return parts
 
 
