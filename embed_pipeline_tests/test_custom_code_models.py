@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -47,6 +48,32 @@ def test_loading_is_refused_without_the_opt_in(tiny_llama_dir: Path, no_opt_in, 
     assert Encoder(config(tiny_llama_dir, trust_remote_code=True)).model.config.model_type == "llama_bidirec"
     monkeypatch.setenv(ENV_VAR, "1")
     assert Encoder(config(tiny_llama_dir)).trust_remote_code
+
+
+def test_the_opt_in_and_the_code_files_are_read_strictly(tmp_path: Path, tiny_llama_dir: Path, monkeypatch) -> None:
+    from embed_pipeline.core.model_loading import allowed, check_remote_code
+
+    for value, expected in (("1", True), ("true", True), ("YES", True), ("0", False), ("no", False), ("", False)):
+        monkeypatch.setenv(ENV_VAR, value)
+        assert allowed() is expected, value
+    monkeypatch.delenv(ENV_VAR)
+    # A tokenizer with its own code ([slow, fast] pair) needs the opt-in even for a tokenizer-only load.
+    folder = tmp_path / "tokenizer_code"
+    folder.mkdir()
+    (folder / "tokenizer_config.json").write_text(json.dumps({"auto_map": {"AutoTokenizer": ["tok.Slow", None]}}))
+    assert remote_code_entries(folder, tokenizer_only=True) == {"AutoTokenizer": "tok.Slow"}
+    with pytest.raises(RemoteCodeRefused, match="AutoTokenizer -> tok.Slow"):
+        check_remote_code("tokenizer_code", folder, tokenizer_only=True)
+    # A model's auto_map does not concern a tokenizer-only load (an ONNX export's tokenizer runs no model code).
+    assert check_remote_code("llama", tiny_llama_dir, tokenizer_only=True) is False
+    # config.json that is not JSON, or not UTF-8: no code found, and the load itself fails with a clear error.
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_llama_dir, broken)
+    for bad in (b'{"auto_map": ', b"\xff\xfe not utf-8"):
+        (broken / "config.json").write_bytes(bad)
+        assert remote_code_entries(broken) == {}
+        with pytest.raises(RuntimeError, match="Could not load encoder"):
+            Encoder(config(broken))
 
 
 def test_the_custom_model_is_bidirectional_and_has_no_token_types(tiny_llama_dir: Path) -> None:

@@ -230,6 +230,8 @@ def test_nemotron_nims_default_to_the_model_path_contract(tmp_path: Path, monkey
     assert default_model_env_var("nvcr.io/nim/nvidia/nemotron-3-embed-1b:2.2.0") == "NIM_MODEL_PATH"
     assert default_model_env_var("nvcr.io/nim/nvidia/nv-embedqa-e5-v5:1.6.0") == "NIM_CUSTOM_MODEL"
     assert wants_hf_folder("NIM_MODEL_PATH") and not wants_hf_folder("NIM_CUSTOM_MODEL")
+    with pytest.raises(ValueError, match="'NIM_MODEL_PAHT' is not one NIM reads: use NIM_CUSTOM_MODEL"):
+        wants_hf_folder("NIM_MODEL_PAHT")  # a typo would start a NIM serving its own model
     command = docker_run_command(tmp_path, NimDeployConfig(image="nim:x", model_env_var="NIM_MODEL_PATH"))
     assert "-e NIM_MODEL_PATH=/opt/custom-model" in command
 

@@ -77,7 +77,14 @@ def default_model_env_var(image: str) -> str:
 
 
 def wants_hf_folder(model_env_var: str) -> bool:
-    """Whether the variable names a Hugging Face checkpoint (else an exported graph folder)."""
+    """Whether the variable names a Hugging Face checkpoint (else an exported graph folder); an unknown variable is
+    an error, since the NIM would start without the model and serve its own."""
+    known = sorted(HF_FOLDER_VARS | ONNX_FOLDER_VARS)
+    if model_env_var not in known:
+        raise ValueError(
+            f"NIM model variable {model_env_var!r} is not one NIM reads: use {', '.join(known)} "
+            "(nim_model_env_var on the serving resource, or EMBED_NIM_MODEL_ENV_VAR)."
+        )
     return model_env_var in HF_FOLDER_VARS
 
 
