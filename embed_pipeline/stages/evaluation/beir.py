@@ -14,6 +14,11 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+# The layout, known here only: the writer, the strict reader below and the importer's tolerant reader use these.
+CORPUS_FILE = "corpus.jsonl"
+QUERIES_FILE = "queries.jsonl"
+QRELS_DIR = "qrels"
+QRELS_SUFFIX = ".tsv"
 QRELS_HEADER = ("query-id", "corpus-id", "score")
 _REMEDY = "Re-materialize the eval_set asset to rewrite this folder."
 
@@ -113,6 +118,11 @@ def read_qrels(path: Path) -> tuple[dict[str, dict[str, int]], dict[tuple[str, s
     return qrels, lines
 
 
+def qrels_path(folder: Path, split: str = "test") -> Path:
+    """``<folder>/qrels/<split>.tsv``: the qrels file of one split."""
+    return Path(folder) / QRELS_DIR / f"{split}{QRELS_SUFFIX}"
+
+
 def load_beir(folder: Path, split: str = "test") -> BeirData:
     """Read a BEIR folder (``corpus.jsonl``, ``queries.jsonl``, ``qrels/<split>.tsv``).
 
@@ -122,15 +132,15 @@ def load_beir(folder: Path, split: str = "test") -> BeirData:
     folder = Path(folder)
     if not folder.is_dir():
         raise ValueError(f"{folder}: evaluation folder not found. {_REMEDY}")
-    corpus, _ = _read_texts(folder / "corpus.jsonl", with_title=True)
-    queries, info = _read_texts(folder / "queries.jsonl", with_title=False)
-    qrels_path = folder / "qrels" / f"{split}.tsv"
-    qrels, lines = read_qrels(qrels_path)
+    corpus, _ = _read_texts(folder / CORPUS_FILE, with_title=True)
+    queries, info = _read_texts(folder / QUERIES_FILE, with_title=False)
+    qrels_file = qrels_path(folder, split)
+    qrels, lines = read_qrels(qrels_file)
     for (qid, did), lineno in lines.items():
         if qid not in queries:
-            raise ValueError(f"{qrels_path}:{lineno}: query-id {qid!r} is not in queries.jsonl. {_REMEDY}")
+            raise ValueError(f"{qrels_file}:{lineno}: query-id {qid!r} is not in {QUERIES_FILE}. {_REMEDY}")
         if did not in corpus:
-            raise ValueError(f"{qrels_path}:{lineno}: corpus-id {did!r} is not in corpus.jsonl. {_REMEDY}")
+            raise ValueError(f"{qrels_file}:{lineno}: corpus-id {did!r} is not in {CORPUS_FILE}. {_REMEDY}")
     return BeirData(
         corpus=corpus,
         queries={qid: queries[qid] for qid in qrels},
@@ -149,17 +159,17 @@ def write_beir(
 ) -> None:
     """Write a BEIR folder's three files into ``folder`` (the caller makes the folder atomic)."""
     folder = Path(folder)
-    (folder / "qrels").mkdir(parents=True, exist_ok=True)
+    (folder / QRELS_DIR).mkdir(parents=True, exist_ok=True)
     info = query_info or {}
 
     def jsonl(records: list[dict]) -> str:
         return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
 
-    (folder / "corpus.jsonl").write_text(
+    (folder / CORPUS_FILE).write_text(
         jsonl([{"_id": cid, "title": "", "text": text} for cid, text in corpus.items()]), encoding="utf-8"
     )
-    (folder / "queries.jsonl").write_text(
+    (folder / QUERIES_FILE).write_text(
         jsonl([{"_id": qid, "text": text, **info.get(qid, {})} for qid, text in queries.items()]), encoding="utf-8"
     )
     rows = ["\t".join(QRELS_HEADER)] + [f"{q}\t{d}\t{g}" for q, docs in qrels.items() for d, g in docs.items()]
-    (folder / "qrels" / f"{split}.tsv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    qrels_path(folder, split).write_text("\n".join(rows) + "\n", encoding="utf-8")
