@@ -1,4 +1,4 @@
-"""The definitions object loads and the graph has the shape DESIGN.md gives it."""
+"""The definitions object loads and the graph has the shape docs/architecture.md gives it."""
 
 import dagster as dg
 

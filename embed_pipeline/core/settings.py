@@ -1,4 +1,4 @@
-"""Pipeline settings from the environment (DESIGN.md, "Environment").
+"""Pipeline settings from the environment (docs/architecture.md, "Environment").
 
 Every stage and the Dagster layer read these; run config in the Launchpad overrides them per run.
 """

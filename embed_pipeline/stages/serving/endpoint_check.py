@@ -3,8 +3,8 @@
 The fine-tuned checkpoint's metrics (the ``retrieval_metrics`` stage, PyTorch) are the reference. The same queries
 and passages go through the service over HTTP, are searched and scored the same way, and every metric must stay
 within the tolerance of its k: 0.03 at k=1 (one query flipping its top hit moves @1 metrics by 1/queries), 0.01 at
-k>=5 (DESIGN.md's endpoint drift defaults). A serving bug (wrong prefix, truncation, pooling, a stale model) shows
-as a large drift; numeric differences between runtimes stay far below it.
+k>=5 (the endpoint drift defaults: docs/architecture.md, Defaults). A serving bug (wrong prefix, truncation,
+pooling, a stale model) shows as a large drift; numeric differences between runtimes stay far below it.
 """
 
 from __future__ import annotations

@@ -17,7 +17,10 @@ TOKENS_PER_PASS = 8192
 
 
 class TrainingConfig(BaseModel):
-    """Hyperparameters of the contrastive fine-tune (defaults from the reference recipe, DESIGN.md)."""
+    """Hyperparameters of the contrastive fine-tune.
+
+    Defaults: the reference recipe's defaults (docs/architecture.md, Defaults); a comment explains each departure.
+    """
 
     temperature: float = Field(0.02, gt=0, description="Softmax temperature: scores are q·p / temperature.")
     # Recipe default 1e-5 (tuned for a 1B model); 3e-5 won for the embedded MiniLM default in
