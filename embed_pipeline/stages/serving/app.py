@@ -34,7 +34,14 @@ from embed_pipeline.stages.serving.backends import EmbeddingBackend, describe_ba
 from embed_pipeline.stages.serving.batcher import BatcherStopped, DynamicBatcher, QueueFull
 from embed_pipeline.stages.serving.errors import ApiError, api_error_response, error_response
 from embed_pipeline.stages.serving.middleware import BearerAuthMiddleware, RequestLogMiddleware
-from embed_pipeline.stages.serving.schemas import EmbeddingRequest, ModelCard, ModelList
+from embed_pipeline.stages.serving.schemas import (
+    EmbeddingData,
+    EmbeddingRequest,
+    EmbeddingResponse,
+    ModelCard,
+    ModelList,
+    Usage,
+)
 from embed_pipeline.stages.serving.settings import ServeSettings
 from embed_pipeline.stages.serving.tokenization import InputTokenizer, InputTooLong
 
@@ -199,21 +206,22 @@ def shape_embeddings(emb: np.ndarray, dimensions: int | None, dimension: int, no
 
 
 def encode_response(emb: np.ndarray, fmt: str, model: str, tokens: int) -> bytes:
+    """The ``/v1/embeddings`` body (:class:`EmbeddingResponse`) as compact JSON bytes.
+
+    Serialised with ``json.dumps`` rather than pydantic's JSON writer so floats keep Python's ``repr`` (``1e-05``),
+    the form this service has always sent.
+    """
     if fmt == "base64":
         little = emb.astype("<f4", copy=False)
-        data = [
-            {"object": "embedding", "index": i, "embedding": base64.b64encode(row.tobytes()).decode("ascii")}
-            for i, row in enumerate(little)
-        ]
+        rows: list = [base64.b64encode(row.tobytes()).decode("ascii") for row in little]
     else:
-        data = [{"object": "embedding", "index": i, "embedding": row} for i, row in enumerate(emb.tolist())]
-    body = {
-        "object": "list",
-        "data": data,
-        "model": model,
-        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
-    }
-    return json.dumps(body, separators=(",", ":")).encode("utf-8")
+        rows = emb.tolist()
+    response = EmbeddingResponse(
+        data=[EmbeddingData(index=i, embedding=row) for i, row in enumerate(rows)],
+        model=model,
+        usage=Usage(prompt_tokens=tokens, total_tokens=tokens),
+    )
+    return json.dumps(response.model_dump(), separators=(",", ":")).encode("utf-8")
 
 
 # ----------------------------------------------------------------------------------------------- handlers
