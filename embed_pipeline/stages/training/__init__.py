@@ -2,8 +2,12 @@
 
 Files, one thing each: ``config`` (TrainingConfig, history records), ``batching`` (batch size, step plan, flattened
 batches), ``loss`` (InfoNCE, Matryoshka), ``grad_cache``, ``step`` (one optimizer step), ``optim`` (AdamW,
-schedule), ``distributed`` (torchrun data parallelism), ``resume`` (training state), ``checkpoint`` (output folder),
-``loop`` (``finetune``), ``launch`` (``run_finetune``: in-process or torchrun), ``cli`` (``python -m``).
+schedule), ``distributed`` (torchrun data parallelism), ``loading`` (rows, seeds, the encoder set up for training),
+``lora`` (low-rank adapters), ``validation`` (nDCG@10 of the validation queries), ``selection`` (validations, the
+best checkpoint, early stopping), ``bookkeeping`` (step and epoch records, totals), ``resume`` (training state),
+``reuse`` (a finished model reused when its inputs are unchanged), ``checkpoint`` (output folder), ``loop``
+(``finetune``, ``evaluate_loss``), ``launch`` (``run_finetune``: in-process or torchrun), ``lr_sweep`` (0.5x, 1x and
+2x the learning rate, the best on validation kept), ``cli`` (``python -m``).
 """
 
 from embed_pipeline.stages.training.batching import (
