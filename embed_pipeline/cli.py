@@ -20,7 +20,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from embed_pipeline.core.artifacts import asset_dir, validate_corpus_name
+from embed_pipeline.core.artifacts import validate_corpus_name
 from embed_pipeline.core.settings import get_settings
 
 PARTITIONS_NAME = "corpus"
@@ -127,7 +127,9 @@ def demo_corpus(name: str, max_docs: int | None) -> Path:
 
 
 def report(name: str) -> str:
-    table = asset_dir(get_settings().artifacts_dir, name, "retrieval_metrics") / "table.md"
+    from embed_pipeline.stages.evaluation.stage import RetrievalMetrics
+
+    table = RetrievalMetrics.at(get_settings().artifacts_dir, name).file(RetrievalMetrics.TABLE)
     if not table.exists():
         raise CliError(f"{table} does not exist: materialize retrieval_metrics for corpus {name!r} first.")
     text = table.read_text(encoding="utf-8")
@@ -143,12 +145,13 @@ def report(name: str) -> str:
 
 def _service_manager(name: str):
     from embed_pipeline.stages.serving.local_service import LocalServiceManager
+    from embed_pipeline.stages.serving.service import EmbeddingService
 
     try:
         validate_corpus_name(name)
     except ValueError as exc:
         raise CliError(str(exc)) from exc
-    return LocalServiceManager(asset_dir(get_settings().artifacts_dir, name, "embedding_service"))
+    return LocalServiceManager(EmbeddingService.at(get_settings().artifacts_dir, name).dir)
 
 
 def service(action: str, name: str) -> None:

@@ -20,8 +20,10 @@ import docker
 import docker.errors
 import pytest
 from dagster_pipes import DAGSTER_PIPES_CONTEXT_ENV_VAR, DAGSTER_PIPES_MESSAGES_ENV_VAR, decode_param
+from pydantic import BaseModel
 
 from embed_pipeline.core.settings import get_settings
+from embed_pipeline.core.stage import NoConfig, Stage
 from embed_pipeline.defs import ASSETS
 from embed_pipeline.defs.assets.datasets import qa_splits, training_examples
 from embed_pipeline.defs.assets.export import tensorrt_engine, tensorrt_parity
@@ -38,8 +40,10 @@ from embed_pipeline.defs.compute import (
     run_stage,
 )
 from embed_pipeline.defs.container_logs import ContainerLogReader
+from embed_pipeline.defs.partitions import corpus_partitions
 from embed_pipeline.defs.resources import BaseEncoder, PipelineStorage, build_resources
-from embed_pipeline.stages import stage_runners
+from embed_pipeline.stages.container_entry import run_payload
+from embed_pipeline.stages.registry import get_stage
 
 REPO = Path(__file__).resolve().parents[1]
 GPU_ASSETS = {"training_examples", "finetuned_model", "retrieval_metrics", "onnx_model", "tensorrt_engine"}
@@ -185,9 +189,9 @@ def test_docker_mode_runs_the_stages_in_gpu_containers_through_pipes(
     assert "container stage 'mining' starting" in logs and "Mining over" in logs
     assert "EMBED_LLM_API_KEY" not in env and "sk-never-in-a-log" not in logs
 
-    # Same stage, same params, in this process: the same result as the container's.
-    params = decode_param(mining.kwargs["environment"][DAGSTER_PIPES_CONTEXT_ENV_VAR])["data"]["extras"]["params"]
-    here = json.loads(json.dumps(stage_runners.run("mining", params, logging.getLogger("test"))))
+    # Same stage, same inputs and config, in this process: the same result as the container's.
+    payload = decode_param(mining.kwargs["environment"][DAGSTER_PIPES_CONTEXT_ENV_VAR])["data"]["extras"]["payload"]
+    here = json.loads(json.dumps(run_payload("mining", payload, logging.getLogger("test"))))
     assert here["manifest"] == mined.metadata["manifest"].value
     assert here["train_rows"] == mined.metadata["train_rows"].value
 
@@ -195,15 +199,21 @@ def test_docker_mode_runs_the_stages_in_gpu_containers_through_pipes(
 def test_tensorrt_in_a_container_without_tensorrt_fails_the_step(tmp_path: Path, fake_docker: FakeDocker):
     """In process, a machine without TensorRT skips the engine; a GPU container that cannot build one is an error."""
     artifacts = tmp_path / "artifacts"
-    (artifacts / "c" / "onnx_model").mkdir(parents=True)
-    (artifacts / "c" / "onnx_model" / "manifest.json").write_text("{}")
+    for marker in ("onnx_model/manifest.json", "finetuned_model/config.json", "eval_set/qrels/test.tsv"):
+        (artifacts / "c" / marker).parent.mkdir(parents=True, exist_ok=True)
+        (artifacts / "c" / marker).write_text("{}")
     instance = dg.DagsterInstance.ephemeral()
     instance.add_dynamic_partitions("corpus", ["c"])
     compute = ComputeTarget(mode="docker", image="embed-pipeline:test", shared_volumes=[str(artifacts)])
     storage = PipelineStorage(corpora_dir=str(tmp_path), artifacts_dir=str(artifacts))
+    upstream = [
+        dg.AssetSpec(name, partitions_def=corpus_partitions).with_io_manager_key("storage")
+        for name in ("onnx_model", "finetuned_model", "eval_set")
+    ]
     with pytest.raises(ContainerStageError, match="tensorrt_engine not built in a container of 'embed-pipeline:test'"):
         dg.materialize(
-            [tensorrt_engine],
+            [tensorrt_engine, *upstream],
+            selection=[tensorrt_engine],
             partition_key="c",
             instance=instance,
             resources={"storage": storage, "compute": compute, "base_encoder": BaseEncoder(model="unused")},
@@ -212,26 +222,40 @@ def test_tensorrt_in_a_container_without_tensorrt_fails_the_step(tmp_path: Path,
     assert container.proc.returncode == 0  # the stage itself succeeded: it reported why it built nothing
 
 
-def _gpu_step_asset(stage: str, params: dict):
+def _gpu_step_asset(stage: str | Stage, inputs: dict | BaseModel, config: dict | None = None):
+    """An asset running ``stage`` on ``inputs`` through ``run_stage``, its result as metadata."""
+    stage = get_stage(stage) if isinstance(stage, str) else stage
+    typed_inputs = inputs if isinstance(inputs, BaseModel) else stage.inputs.model_validate(inputs)
+    typed_config = stage.config.model_validate(config or {})
+
     @dg.asset(pool=GPU_POOL)
     def gpu_step(context: dg.AssetExecutionContext, compute: ComputeTarget) -> dg.MaterializeResult:
-        return dg.MaterializeResult(
-            metadata={"result": dg.MetadataValue.json(run_stage(context, compute, stage, params))}
-        )
+        result = run_stage(context, compute, stage, typed_inputs, typed_config)
+        return dg.MaterializeResult(metadata={"result": dg.MetadataValue.json(result.model_dump(mode="json"))})
 
     return gpu_step
 
 
+# Finetune inputs with relative paths (a container would see them as they are): for the tests that never run it.
+FINETUNE = {"training_examples": {"dir": "te"}, "encoder": {"model": "m"}, "out": {"dir": "out"}}
+
+
 def test_a_failing_stage_in_the_container_is_a_clear_error(tmp_path: Path, fake_docker: FakeDocker):
     """The real entry point, a stage that raises: the error names the image, the exit code and the traceback."""
-    missing = tmp_path / "chunks_never_written.jsonl"
-    step = _gpu_step_asset("mining", {"corpus": "c", "chunk_files": [str(missing)], "splits_dir": str(tmp_path)})
+    missing = tmp_path / "chunks_never_written"
+    step = _gpu_step_asset(
+        "mining",
+        {
+            "chunks": {"dir": str(missing)}, "qa_pairs": {"dir": str(tmp_path)}, "qa_splits": {"dir": str(tmp_path)},
+            "encoder": {"model": "unused"}, "out": {"dir": str(tmp_path / "out")},
+        },
+    )  # fmt: skip
     compute = ComputeTarget(mode="docker", image="embed-pipeline:test", shared_volumes=[str(tmp_path)])
     with pytest.raises(ContainerStageError) as err:
         dg.materialize([step], resources={"compute": compute})
     message = str(err.value)
     assert "'mining'" in message and "'embed-pipeline:test'" in message and "exit code 1" in message
-    assert "FileNotFoundError" in message and "chunks_never_written.jsonl" in message
+    assert "FileNotFoundError" in message and "chunks_never_written/chunks.jsonl" in message
     [container] = fake_docker.created
     assert container.removed
 
@@ -240,7 +264,7 @@ def test_a_killed_container_is_a_clear_error(fake_docker: FakeDocker):
     fake_docker.scripted = (137, b"loading checkpoint\nRuntimeError: CUDA out of memory. Tried to allocate 2 GiB\n")
     compute = ComputeTarget(mode="docker", image="embed-pipeline:test", gpus="device=1")
     with pytest.raises(ContainerStageError) as err:
-        dg.materialize([_gpu_step_asset("finetune", {})], resources={"compute": compute})
+        dg.materialize([_gpu_step_asset("finetune", FINETUNE)], resources={"compute": compute})
     message = str(err.value)
     assert "exit code 137" in message and "out of memory" in message and "CUDA out of memory" in message
     [container] = fake_docker.created
@@ -255,7 +279,7 @@ def test_a_missing_image_says_how_to_build_it(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setattr(docker.client, "from_env", lambda *a, **k: NoImage())
     compute = ComputeTarget(mode="docker", image="embed-pipeline:test")
     with pytest.raises(ContainerStageError, match=r"docker build -t embed-pipeline:test \."):
-        dg.materialize([_gpu_step_asset("finetune", {})], resources={"compute": compute})
+        dg.materialize([_gpu_step_asset("finetune", FINETUNE)], resources={"compute": compute})
 
 
 def test_paths_the_container_cannot_see_fail_before_it_starts(tmp_path: Path, fake_docker: FakeDocker):
@@ -264,31 +288,42 @@ def test_paths_the_container_cannot_see_fail_before_it_starts(tmp_path: Path, fa
     assert paths_outside({"p": "/data/artifacts"}, ["/data/artifacts/"]) == []
     assert paths_outside({"p": "/data/artifacts2/x"}, ["/data/artifacts"]) == ["params.p = /data/artifacts2/x"]
     compute = ComputeTarget(mode="docker", shared_volumes=[str(tmp_path)])
-    with pytest.raises(ValueError, match="cannot see: params.model = /elsewhere/model.*shared_volumes"):
-        dg.materialize([_gpu_step_asset("finetune", {"model": "/elsewhere/model"})], resources={"compute": compute})
+    with pytest.raises(ValueError, match="cannot see: inputs.encoder.model = /elsewhere/model.*shared_volumes"):
+        elsewhere = FINETUNE | {"encoder": {"model": "/elsewhere/model"}}
+        dg.materialize([_gpu_step_asset("finetune", elsewhere)], resources={"compute": compute})
     assert not fake_docker.created
 
 
 # ------------------------------------------------------------------------------------------------ in process
 
 
-def test_in_process_is_the_default_and_calls_the_runner_here(monkeypatch: pytest.MonkeyPatch):
+class _Number(BaseModel):
+    n: int
+
+
+class _Doubled(BaseModel):
+    doubled: int
+    path: Path
+
+
+def test_in_process_is_the_default_and_calls_the_stage_here():
     seen = {}
 
-    def double(params: dict, log) -> dict:
-        seen.update(params=params, log=log)
-        params["x"] = 0  # the caller's params are a copy
-        return {"doubled": params["n"] * 2, "path": str(Path("/a") / "b")}
+    def double(inputs: _Number, config: NoConfig, log) -> _Doubled:
+        seen.update(inputs=inputs, log=log)
+        result = _Doubled(doubled=inputs.n * 2, path=Path("/a") / "b")
+        inputs.n = 0  # the caller's inputs are a copy
+        return result
 
-    monkeypatch.setitem(stage_runners.STAGES, "double", double)
-    given = {"n": 21}
+    stage = Stage("double", _Number, NoConfig, _Doubled, double, gpu=True)
     assert ComputeTarget().mode == "in_process"
-    result = dg.materialize([_gpu_step_asset("double", given)], resources={"compute": ComputeTarget()})
+    given = _Number(n=21)
+    result = dg.materialize([_gpu_step_asset(stage, given)], resources={"compute": ComputeTarget()})
     [mat] = result.asset_materializations_for_node("gpu_step")
     assert mat.metadata["result"].value == {"doubled": 42, "path": "/a/b"}
-    assert given == {"n": 21} and hasattr(seen["log"], "info")
+    assert given.n == 21 and seen["inputs"].n == 0 and hasattr(seen["log"], "info")
     with pytest.raises(KeyError, match="Unknown stage 'nope'.*finetune"):
-        dg.materialize([_gpu_step_asset("nope", {})], resources={"compute": ComputeTarget()})
+        dg.materialize([_gpu_step_asset("nope", given)], resources={"compute": ComputeTarget()})
 
 
 # ----------------------------------------------------------------------------------------- resource and pool
@@ -359,6 +394,8 @@ def test_the_entry_point_by_hand(tmp_path: Path):
     bad = subprocess.run([*entry, "nope", "--params", "p.json"], capture_output=True, text=True, cwd=REPO)
     assert bad.returncode == 2 and "invalid choice: 'nope'" in bad.stderr
     params = tmp_path / "params.json"
-    params.write_text(json.dumps({"corpus": "c", "chunk_files": [str(tmp_path / "none.jsonl")]}))
+    folders = {"chunks": tmp_path / "none", "qa_pairs": tmp_path, "qa_splits": tmp_path, "out": tmp_path / "o"}
+    inputs = {name: {"dir": str(folder)} for name, folder in folders.items()} | {"encoder": {"model": "m"}}
+    params.write_text(json.dumps({"inputs": inputs, "config": {}}))
     failed = subprocess.run([*entry, "mining", "--params", str(params)], capture_output=True, text=True, cwd=REPO)
-    assert failed.returncode == 1 and "FileNotFoundError" in failed.stderr and "none.jsonl" in failed.stderr
+    assert failed.returncode == 1 and "FileNotFoundError" in failed.stderr and "none/chunks.jsonl" in failed.stderr

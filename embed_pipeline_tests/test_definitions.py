@@ -9,13 +9,13 @@ EXPECTED_EDGES = {
     "chunks": {"documents"},
     "qa_pairs": {"chunks"},
     "qa_splits": {"qa_pairs", "chunks"},
-    "eval_set": {"qa_splits"},
-    "training_examples": {"qa_splits", "chunks"},
+    "eval_set": {"qa_splits", "chunks", "qa_pairs"},
+    "training_examples": {"qa_splits", "chunks", "qa_pairs"},
     "finetuned_model": {"training_examples"},
-    "retrieval_metrics": {"eval_set", "finetuned_model"},
+    "retrieval_metrics": {"eval_set", "finetuned_model", "chunks", "qa_pairs"},
     "onnx_model": {"finetuned_model", "eval_set"},
-    "tensorrt_engine": {"onnx_model"},
-    "embedding_service": {"onnx_model", "eval_set", "retrieval_metrics"},
+    "tensorrt_engine": {"onnx_model", "finetuned_model", "eval_set"},
+    "embedding_service": {"onnx_model", "finetuned_model", "eval_set", "retrieval_metrics"},
 }
 
 

@@ -332,8 +332,8 @@ def test_a_failing_variant_is_dropped_unless_served(
     """int8 failing its gate: dropped (file and manifest entry) when fp32 is served; kept, to block, when served."""
     import logging
 
-    from embed_pipeline.stages import stage_runners
     from embed_pipeline.stages.export import parity as parity_module
+    from embed_pipeline.stages.export.stage import ONNX_STAGE
 
     out = tmp_path / "onnx_model"
 
@@ -349,11 +349,9 @@ def test_a_failing_variant_is_dropped_unless_served(
 
     monkeypatch.setattr(onnx_export, "export_onnx", fake_export)
     monkeypatch.setattr(parity_module, "check_parity_variants", int8_fails)
-    params = {
-        "model_dir": str(trained_dir), "eval_dir": str(eval_set), "out_dir": str(out), "config": {},
-        "parity_path": str(tmp_path / "parity.json"), "served_variant": served,
-    }  # fmt: skip
-    done = stage_runners.onnx_export(params, logging.getLogger("test"))
+    inputs = {"finetuned_model": {"dir": str(trained_dir)}, "eval_set": {"dir": str(eval_set)},
+              "out": {"dir": str(out)}, "served_variant": served}  # fmt: skip
+    done = ONNX_STAGE.run_json({"inputs": inputs, "config": {}}, logging.getLogger("test"))
     manifest = json.loads((out / "manifest.json").read_text())
     if served == "fp32":
         assert done["dropped"] == {"int8": "int8: |nDCG@10 delta| 0.0167 exceeds 0.01"}

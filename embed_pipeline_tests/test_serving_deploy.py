@@ -221,8 +221,8 @@ def test_deploy_nim_container_that_exits_is_removed_and_reported(tmp_path: Path,
 
 def test_nemotron_nims_default_to_the_model_path_contract(tmp_path: Path, monkeypatch) -> None:
     """Nemotron NIMs 2.2+ read a Hugging Face folder from NIM_MODEL_PATH; other images keep NIM_CUSTOM_MODEL (ONNX)."""
-    from embed_pipeline.defs.assets import serving as serving_asset
-    from embed_pipeline.defs.resources import PipelineStorage, ServingTarget
+    from embed_pipeline.defs.resources import PipelineStorage, ServingTarget, deploy_target
+    from embed_pipeline.stages.serving import stage as serving_stage
     from embed_pipeline.stages.serving.nim_container import default_model_env_var, wants_hf_folder
     from embed_pipeline.stages.serving.service import ServiceInfo, utc_now
 
@@ -243,11 +243,16 @@ def test_nemotron_nims_default_to_the_model_path_contract(tmp_path: Path, monkey
                            model_path=str(model_dir), backend="nim", started_at=utc_now(), ready_after_s=1.0,
                            auth=False)  # fmt: skip
 
-    monkeypatch.setattr(serving_asset, "deploy_nim", fake_deploy)
+    monkeypatch.setattr(serving_stage, "deploy_nim", fake_deploy)
     storage = PipelineStorage(corpora_dir=str(tmp_path / "corpora"), artifacts_dir=str(tmp_path / "artifacts"))
+    upstream = {name: storage.artifact(name, "docs") for name in ("onnx_model", "finetuned_model", "eval_set")}
     for env_var, folder in ((None, "finetuned_model"), ("NIM_CUSTOM_MODEL", "onnx_model")):
         serving = ServingTarget(mode="nim", nim_model_env_var=env_var)
-        serving_asset._deploy("docs", serving, storage, logging.getLogger("test"))
+        inputs = serving_stage.ServiceInputs(
+            **upstream, retrieval_metrics=storage.artifact("retrieval_metrics", "docs"),
+            target=deploy_target(serving), corpus="docs", out=storage.artifact("embedding_service", "docs"),
+        )  # fmt: skip
+        serving_stage.deploy(inputs, logging.getLogger("test"))
         model_dir, config = deployed[-1]
         assert model_dir == storage.asset_dir("docs", folder)
         assert config.model_env_var == (env_var or "NIM_MODEL_PATH")

@@ -1,17 +1,19 @@
 """Where the GPU-bound steps run: in this process, or in an NVIDIA container through Dagster Pipes.
 
-One resource setting, ``ComputeTarget.mode`` (env ``EMBED_COMPUTE_MODE``), chooses for the five GPU-bound assets
-(training_examples, finetuned_model, retrieval_metrics, onnx_model, tensorrt_engine). Both modes run the same stage
-runner (``embed_pipeline.stages.stage_runners``) on the same JSON params and return the same JSON result, which the
-asset turns into its metadata, so the asset code does not depend on the mode:
+One resource setting, ``ComputeTarget.mode`` (env ``EMBED_COMPUTE_MODE``), chooses for the five GPU-bound stages
+(``Stage.gpu``: mining, finetune, retrieval_metrics, onnx_export, tensorrt_engine). Both modes run the same typed
+``Stage`` (``core/stage.py``) on the same inputs and config, and hand the asset the same typed result, so the asset
+code does not depend on the mode (:func:`run_stage`):
 
-- ``in_process`` (default): the runner is called here and logs to the step's log.
+- ``in_process`` (default): the stage runs here and logs to the step's log. Its inputs, config and result go
+  through JSON as they would to a container, so both modes give the asset exactly the same values.
 - ``docker``: dagster-docker's ``PipesDockerClient`` starts ``image`` running
   ``python -m embed_pipeline.stages.container_entry``, with GPUs as device requests (``docker run --gpus``), the
-  shared folders (artifacts, corpora) bind-mounted at the same absolute paths so that the paths in the params mean
-  the same inside, and the stage name and params as pipes extras. The container's logging arrives as Dagster log
-  lines, its other output in the step's stdout, and the result as the ``result`` metadata of the materialization
-  it reports. The container is removed afterwards.
+  shared folders (artifacts, corpora) bind-mounted at the same absolute paths so that the paths in the inputs mean
+  the same inside, and the stage name and its JSON payload as pipes extras. The container's logging arrives as
+  Dagster log lines, its other output in the step's stdout, and the result as the ``result`` metadata of the
+  materialization it reports. The container is removed afterwards. A stage that declines to run for want of a GPU
+  (TensorRT) is an error there: the GPU image was asked for, so that is a setup error, not a machine without one.
 
 The five assets share the ``gpu`` pool, limited to 1 in ``dagster.yaml``, so GPU steps never run side by side.
 """
@@ -32,9 +34,10 @@ from dagster_pipes import DagsterPipesError
 from docker.types import DeviceRequest, Ulimit
 from pydantic import Field, field_validator
 
+from embed_pipeline.core.stage import Stage
 from embed_pipeline.defs.container_logs import ContainerLogReader
 from embed_pipeline.stages.container_entry import RESULT_METADATA_KEY
-from embed_pipeline.stages.stage_runners import get_runner, run
+from embed_pipeline.stages.registry import get_stage
 
 GPU_POOL = "gpu"
 ENTRY_COMMAND = ["python", "-m", "embed_pipeline.stages.container_entry"]
@@ -178,25 +181,39 @@ class ContainerStageError(RuntimeError):
 
 
 def run_stage(
-    context: dg.AssetExecutionContext, compute: ComputeTarget, stage: str, params: dict[str, Any]
-) -> dict[str, Any]:
-    """Run ``stage`` where ``compute`` says, with JSON ``params``; returns the stage's JSON result."""
-    get_runner(stage)  # an unknown stage fails here, before any container starts
-    if compute.mode == "docker":
-        return run_in_container(context, compute, stage, params)
-    # Through JSON both ways, as in a container: both modes hand the asset exactly the same values.
-    return _json_copy(run(stage, _json_copy(params), context.log))
+    context: dg.AssetExecutionContext | dg.AssetCheckExecutionContext,
+    compute: ComputeTarget | None,
+    stage: Stage | str,
+    inputs: Any,
+    config: Any,
+) -> Any:
+    """Run ``stage`` on its typed ``inputs`` and ``config`` where ``compute`` says; returns its typed result.
 
-
-def _json_copy(value: dict[str, Any]) -> dict[str, Any]:
-    return json.loads(json.dumps(value))
+    A CPU stage (or no compute resource) runs here. A GPU stage runs here in ``in_process`` mode, through JSON as
+    it would cross a container, and in a container in ``docker`` mode."""
+    stage = get_stage(stage) if isinstance(stage, str) else stage  # an unknown stage fails before any container
+    if not stage.gpu or compute is None:
+        return stage(inputs, config, context.log)
+    payload = json.loads(json.dumps(stage.payload(inputs, config)))
+    if compute.mode != "docker":
+        return stage.result.model_validate(stage.run_json(payload, context.log))
+    result = stage.result.model_validate(run_in_container(context, compute, stage.name, payload))
+    if (why := stage.skip_reason(result)) is not None:
+        raise ContainerStageError(
+            f"{stage.name} not built in a container of {compute.image!r}: {why}. Give the container a GPU (the "
+            "compute resource's gpus; the NVIDIA Container Toolkit on the Docker host) and an image with the gpu "
+            "extra (the project's Dockerfile), or run this step with EMBED_COMPUTE_MODE=in_process."
+        )
+    return result
 
 
 def run_in_container(
-    context: dg.AssetExecutionContext, compute: ComputeTarget, stage: str, params: dict[str, Any]
+    context: dg.AssetExecutionContext, compute: ComputeTarget, stage: str, payload: dict[str, Any]
 ) -> dict[str, Any]:
     """The stage in a container of ``compute.image`` through PipesDockerClient; see the module docstring."""
-    outside = paths_outside(params, compute.shared_volumes)
+    outside = paths_outside(payload.get("inputs", {}), compute.shared_volumes, "inputs") + paths_outside(
+        payload.get("config", {}), compute.shared_volumes, "config"
+    )
     if outside:
         raise ValueError(
             f"Stage {stage!r} would read or write paths its container cannot see: {'; '.join(outside)}. Add their "
@@ -208,14 +225,14 @@ def run_in_container(
         f"Running stage {stage!r} in a container of {compute.image} (gpus: {compute.gpus}; volumes: "
         f"{', '.join(kwargs['volumes']) or 'none'}; environment: {', '.join(sorted(kwargs['environment']))})"
     )
-    context.log.debug(f"Stage {stage!r} params: {json.dumps(params)}")
+    context.log.debug(f"Stage {stage!r} payload: {json.dumps(payload)}")
     reader = ContainerLogReader()
     try:
         completed = PipesDockerClient(message_reader=reader).run(
             context=context,
             image=compute.image,
             command=ENTRY_COMMAND,
-            extras={"stage": stage, "params": params},
+            extras={"stage": stage, "payload": payload},
             container_kwargs=kwargs,
         )
     except DagsterPipesError as exc:
@@ -249,7 +266,8 @@ def _failure_message(image: str, stage: str, reader: ContainerLogReader, exc: Ex
         f"Stage {stage!r} failed in a container of image {image!r} ({what}){summary}{hint}\n"
         f"Last lines of its output:\n{tail}\n"
         f"To rerun it by hand: docker run --rm --gpus all -v <folder>:<folder> ... {image} python -m "
-        f"embed_pipeline.stages.container_entry {stage} --params params.json (its params are in this step's debug log)."
+        f"embed_pipeline.stages.container_entry {stage} --params payload.json"
+        " (its payload is in this step's debug log)."
     )
 
 

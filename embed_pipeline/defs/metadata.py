@@ -28,14 +28,3 @@ def counts_table(counts: dict[str, object], key: str = "key", value: str = "coun
 
 def path_value(path: Path) -> dg.MetadataValue:
     return dg.MetadataValue.path(str(path))
-
-
-def upstream_file(folder: Path, name: str, asset: str) -> Path:
-    """A file written by an upstream asset, or an error saying which asset to materialize."""
-    path = Path(folder) / name
-    if not path.exists():
-        raise FileNotFoundError(
-            f"{path} does not exist: materialize the upstream asset '{asset}' for this corpus first "
-            f"(e.g. dagster asset materialize -m embed_pipeline --select '{asset}' --partition <corpus>)."
-        )
-    return path

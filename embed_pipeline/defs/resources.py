@@ -8,23 +8,28 @@ config overrides them per run.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import dagster as dg
 from pydantic import Field
 
+from embed_pipeline.core.artifact import Artifact
 from embed_pipeline.core.artifacts import asset_dir, validate_corpus_name
 from embed_pipeline.core.encoder import EncoderConfig
 from embed_pipeline.core.model_defaults import RECIPE_DEFAULTS, resolve_encoder_fields
 from embed_pipeline.core.model_loading import ENV_VAR, env_allows_remote_code
 from embed_pipeline.core.model_loading import allowed as allowed_remote_code
 from embed_pipeline.core.settings import Settings
+from embed_pipeline.defs.artifact_types import artifact_type
 from embed_pipeline.defs.compute import ComputeTarget
 from embed_pipeline.defs.config import run_config_for
+from embed_pipeline.stages.serving.stage import DeployTarget
 
 
-class PipelineStorage(dg.ConfigurableResource):
-    """Folders of the pipeline."""
+class PipelineStorage(dg.ConfigurableIOManager):
+    """Folders of the pipeline, and the IO manager of every asset: an asset's value is its artifact handle
+    (``core/artifact.py``), so a downstream asset receives the handle of the folder its upstream wrote, checked to
+    exist. Nothing is pickled: the stage wrote the files, the handle only points at them."""
 
     corpora_dir: str = Field(description="Folder whose subfolders are corpora (EMBED_CORPORA_DIR).")
     artifacts_dir: str = Field(description="Where assets write, laid out <corpus>/<asset>/ (EMBED_ARTIFACTS_DIR).")
@@ -34,6 +39,21 @@ class PipelineStorage(dg.ConfigurableResource):
 
     def asset_dir(self, corpus: str, asset: str) -> Path:
         return asset_dir(Path(self.artifacts_dir), corpus, asset)
+
+    def artifact(self, asset: str, corpus: str) -> Artifact:
+        """The handle of ``asset``'s folder for ``corpus`` (not checked to exist)."""
+        return artifact_type(asset).at(self.artifacts_dir, corpus)
+
+    def handle_output(self, context: dg.OutputContext, obj: Artifact | None) -> None:
+        if obj is None:  # an optional output that was not produced
+            return
+        expected = self.artifact(context.asset_key.path[-1], context.asset_partition_key)
+        if obj != expected:  # a stage that wrote somewhere else would break every downstream read
+            raise ValueError(f"Asset {context.asset_key.to_user_string()} returned {obj!r}, not {expected!r}.")
+
+    def load_input(self, context: dg.InputContext) -> Artifact:
+        asset = context.upstream_output.asset_key.path[-1] if context.upstream_output else context.asset_key.path[-1]
+        return self.artifact(asset, context.asset_partition_key).require()
 
 
 # Field for field the same as EncoderConfig (model, pooling, prefixes, lengths, batch size); how the model embeds
@@ -75,30 +95,12 @@ class BaseEncoder(_BaseEncoderFields):
         return EncoderConfig(**values)
 
 
-class ServingTarget(dg.ConfigurableResource):
-    """Where ``embedding_service`` deploys the exported model, and how clients reach it."""
+# Field for field the stage's DeployTarget, so the Launchpad shows every field with its description.
+ServingTarget = run_config_for(DeployTarget, "ServingTarget", base=dg.ConfigurableResource)
 
-    mode: Literal["local", "nim"] = Field(
-        "local",
-        description="local: a service process managed by the project (embed-pipeline serve on ONNX Runtime), "
-        "replaced on re-materialization. nim: a NIM container with the fine-tuned model (docker run --gpus all).",
-    )
-    host: str = Field("127.0.0.1", description="Address the local service binds (0.0.0.0: reachable from others).")
-    port: int = Field(0, ge=0, le=65535, description="Port (local: 0 picks a free one; nim: the published port).")
-    variant: Literal["fp32", "int8", "fp16"] = Field("fp32", description="Which ONNX graph the local service runs.")
-    api_key_env: str = Field(
-        "EMBED_SERVE_API_KEY",
-        description="Environment variable holding the bearer token clients must send (unset: no auth). The key "
-        "itself is never config.",
-    )
-    nim_image: str = Field("nvcr.io/nim/nvidia/llama-nemotron-embed-1b-v2:latest", description="NIM image (nim).")
-    nim_model_env_var: str | None = Field(
-        None,
-        description="How the NIM finds the model (nim): NIM_MODEL_PATH (Nemotron NIMs 2.2+: the finetuned_model "
-        "folder), NIM_ENGINE_MODEL_PATH (2.4+: the same), NIM_CUSTOM_MODEL (1.x: the onnx_model folder). None: "
-        "NIM_MODEL_PATH for Nemotron images, else NIM_CUSTOM_MODEL.",
-    )
-    ready_timeout_s: float = Field(600.0, gt=0, description="Seconds to wait for the service to report ready.")
+
+def deploy_target(serving: dg.ConfigurableResource) -> DeployTarget:
+    return DeployTarget.model_validate({name: getattr(serving, name) for name in DeployTarget.model_fields})
 
 
 def _shared_volumes(settings: Settings, corpora_dir: str, artifacts_dir: str) -> list[str]:

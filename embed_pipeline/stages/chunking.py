@@ -45,12 +45,16 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 from pydantic import BaseModel, Field
 
-from embed_pipeline.core.artifacts import write_json, write_jsonl
+from embed_pipeline.core.artifact import Artifact
+from embed_pipeline.core.artifacts import read_jsonl, write_json, write_jsonl
 from embed_pipeline.core.progress import Progress
 from embed_pipeline.core.records import Chunk, Document, duplicate_ids
+from embed_pipeline.core.stage import Stage
+from embed_pipeline.stages.documents import Documents
 
 _log = logging.getLogger("embed_pipeline.chunking")
 
@@ -311,6 +315,17 @@ def chunk_documents(
     return chunks
 
 
+class Chunks(Artifact):
+    """The ``chunks`` folder: ``chunks.jsonl`` (one Chunk per line, in document order) and ``manifest.json``."""
+
+    asset = "chunks"
+    marker = "chunks.jsonl"
+    MANIFEST: ClassVar[str] = "manifest.json"
+
+    def read(self) -> list[Chunk]:
+        return read_jsonl(self.file(self.marker), Chunk)
+
+
 def write_chunks(chunks: list[Chunk], out_dir: Path, config: ChunkingConfig | None = None) -> dict:
     """Write ``chunks.jsonl`` and ``manifest.json`` atomically; return the manifest.
 
@@ -322,8 +337,7 @@ def write_chunks(chunks: list[Chunk], out_dir: Path, config: ChunkingConfig | No
             f"Duplicate chunk ids ({len(duplicates)}): {duplicates[:10]}. Chunk ids must be unique; this is a bug "
             "in the chunker or in the document ids (two documents with the same doc_id)."
         )
-    out_dir = Path(out_dir)
-    write_jsonl(out_dir / "chunks.jsonl", chunks)
+    out = Chunks(dir=out_dir)
     lengths = [len(c.text) for c in chunks]
     histogram = Counter(len(c.sentences) for c in chunks)
     manifest = {
@@ -338,5 +352,26 @@ def write_chunks(chunks: list[Chunk], out_dir: Path, config: ChunkingConfig | No
     }
     if config is not None:
         manifest["config"] = config.model_dump()
-    write_json(out_dir / "manifest.json", manifest)
+    write_json(out.file(Chunks.MANIFEST), manifest)
+    write_jsonl(out.file(Chunks.marker), chunks)
     return manifest
+
+
+class ChunksInputs(BaseModel):
+    documents: Documents
+    out: Chunks
+
+
+class ChunksOutput(BaseModel):
+    chunks: list[Chunk]
+    num_documents: int
+    manifest: dict
+
+
+def run_chunks(inputs: ChunksInputs, config: ChunkingConfig, log: logging.Logger) -> ChunksOutput:
+    docs = inputs.documents.read()
+    chunks = chunk_documents(docs, config, logger=log)
+    return ChunksOutput(chunks=chunks, num_documents=len(docs), manifest=write_chunks(chunks, inputs.out.dir))
+
+
+STAGE = Stage("chunks", ChunksInputs, ChunkingConfig, ChunksOutput, run_chunks)

@@ -28,12 +28,15 @@ import os
 import stat
 from collections import Counter
 from pathlib import Path
+from typing import ClassVar
 
 from pydantic import BaseModel, Field, computed_field, field_validator
 
-from embed_pipeline.core.artifacts import write_json, write_jsonl
+from embed_pipeline.core.artifact import Artifact
+from embed_pipeline.core.artifacts import read_jsonl, write_json, write_jsonl
 from embed_pipeline.core.progress import Progress
 from embed_pipeline.core.records import Document, SkippedFile
+from embed_pipeline.core.stage import Stage
 
 _log = logging.getLogger("embed_pipeline.documents")
 
@@ -344,11 +347,22 @@ def discover_documents(
     return result
 
 
+class Documents(Artifact):
+    """The ``documents`` folder: ``documents.jsonl`` (Document), ``skipped.jsonl`` (SkippedFile), ``manifest.json``."""
+
+    asset = "documents"
+    marker = "documents.jsonl"
+    SKIPPED: ClassVar[str] = "skipped.jsonl"
+    MANIFEST: ClassVar[str] = "manifest.json"
+
+    def read(self) -> list[Document]:
+        return read_jsonl(self.file(self.marker), Document)
+
+
 def write_documents(result: DocumentsResult, out_dir: Path) -> dict:
     """Write ``documents.jsonl``, ``skipped.jsonl`` and ``manifest.json`` atomically; return the manifest."""
-    out_dir = Path(out_dir)
-    write_jsonl(out_dir / "documents.jsonl", result.documents)
-    write_jsonl(out_dir / "skipped.jsonl", result.skipped)
+    out = Documents(dir=out_dir)
+    write_jsonl(out.file(Documents.SKIPPED), result.skipped)
     manifest = {
         "corpus_dir": result.corpus_dir,
         "num_documents": result.num_documents,
@@ -358,5 +372,24 @@ def write_documents(result: DocumentsResult, out_dir: Path) -> dict:
         "skip_reasons": result.skip_reasons,
         "extensions": dict(sorted(Counter(_extension(d.doc_id) or "(none)" for d in result.documents).items())),
     }
-    write_json(out_dir / "manifest.json", manifest)
+    write_json(out.file(Documents.MANIFEST), manifest)
+    write_jsonl(out.file(Documents.marker), result.documents)  # the marker last: present means complete
     return manifest
+
+
+class DocumentsInputs(BaseModel):
+    corpus_dir: Path = Field(description="The corpus folder (a subfolder of EMBED_CORPORA_DIR).")
+    out: Documents
+
+
+class DocumentsOutput(BaseModel):
+    found: DocumentsResult
+    manifest: dict
+
+
+def run_documents(inputs: DocumentsInputs, config: DocumentsConfig, log: logging.Logger) -> DocumentsOutput:
+    found = discover_documents(inputs.corpus_dir, config, logger=log)
+    return DocumentsOutput(found=found, manifest=write_documents(found, inputs.out.dir))
+
+
+STAGE = Stage("documents", DocumentsInputs, DocumentsConfig, DocumentsOutput, run_documents)

@@ -9,11 +9,18 @@ training, so that the evaluation is not a string match. Each query line also car
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
+
+from pydantic import BaseModel
 
 from embed_pipeline.core.artifacts import atomic_path, write_json
 from embed_pipeline.core.records import Chunk, QAPair, strip_extract
-from embed_pipeline.stages.evaluation.beir import write_beir
+from embed_pipeline.core.stage import NoConfig, Stage
+from embed_pipeline.stages.chunking import Chunks
+from embed_pipeline.stages.evaluation.beir import EvalSet, write_beir
+from embed_pipeline.stages.sdg.io import QAPairs, corpus_passages
+from embed_pipeline.stages.splits import QASplits
 
 
 def query_info(pair: QAPair) -> dict:
@@ -54,5 +61,31 @@ def build_eval_set(chunks: list[Chunk], test_pairs: list[QAPair], out_dir: Path)
             "num_qrels": sum(len(docs) for docs in qrels.values()),
             "num_extractive_queries": sum(p.extractive for p in test_pairs),
         }
-        write_json(tmp / "manifest.json", manifest)
+        write_json(tmp / EvalSet.MANIFEST, manifest)
     return manifest
+
+
+class EvalSetInputs(BaseModel):
+    qa_splits: QASplits
+    chunks: Chunks
+    qa_pairs: QAPairs
+    out: EvalSet
+
+
+class EvalSetOutput(BaseModel):
+    manifest: dict
+    test_pairs: list[QAPair]
+
+
+def run_eval_set(inputs: EvalSetInputs, config: NoConfig, log: logging.Logger) -> EvalSetOutput:
+    test = inputs.qa_splits.pairs("test")
+    if not test:
+        raise ValueError(
+            f"No test queries in {inputs.qa_splits.dir}: add documents or lower quality_threshold in qa_splits."
+        )
+    manifest = build_eval_set(corpus_passages(inputs.chunks, inputs.qa_pairs), test, inputs.out.dir)
+    log.info(f"eval_set: {manifest['num_queries']} queries over {manifest['num_corpus']} passages")
+    return EvalSetOutput(manifest=manifest, test_pairs=test)
+
+
+STAGE = Stage("eval_set", EvalSetInputs, NoConfig, EvalSetOutput, run_eval_set)

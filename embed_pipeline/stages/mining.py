@@ -19,15 +19,20 @@ import logging
 import shutil
 from collections import Counter
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import faiss
 import numpy as np
 from pydantic import BaseModel, Field
 
-from embed_pipeline.core.artifacts import write_json, write_jsonl
-from embed_pipeline.core.encoder import Encoder
+from embed_pipeline.core.artifact import Artifact
+from embed_pipeline.core.artifacts import read_jsonl, write_json, write_jsonl
+from embed_pipeline.core.encoder import Encoder, EncoderConfig
 from embed_pipeline.core.records import Chunk, QAPair, TrainingExample, strip_extract
+from embed_pipeline.core.stage import Stage
+from embed_pipeline.stages.chunking import Chunks
+from embed_pipeline.stages.sdg.io import QAPairs, corpus_passages
+from embed_pipeline.stages.splits import QASplits
 
 log = logging.getLogger("embed_pipeline")
 
@@ -171,7 +176,37 @@ def mine_hard_negatives(
     )
 
 
-VAL_RETRIEVAL = "val_retrieval"
+class TrainingExamples(Artifact):
+    """The ``training_examples`` folder: ``train.jsonl`` and ``val.jsonl`` (TrainingExample rows), ``val_retrieval/``
+    (the val queries against the mining corpus, BEIR layout, for checkpoint selection) and ``manifest.json``."""
+
+    asset = "training_examples"
+    marker = "train.jsonl"
+    VAL: ClassVar[str] = "val.jsonl"
+    VAL_RETRIEVAL: ClassVar[str] = "val_retrieval"
+    MANIFEST: ClassVar[str] = "manifest.json"
+
+    @property
+    def train_path(self) -> Path:
+        return self.file(self.marker)
+
+    @property
+    def val_path(self) -> Path | None:
+        """``val.jsonl``, or None when there is none."""
+        path = self.file(self.VAL)
+        return path if path.exists() else None
+
+    @property
+    def val_retrieval(self) -> Path | None:
+        """The ``val_retrieval`` BEIR folder, or None when there were no val queries."""
+        path = self.file(self.VAL_RETRIEVAL)
+        return path if path.is_dir() else None
+
+    def rows(self, split: str) -> list[TrainingExample]:
+        return read_jsonl(self.train_path if split == "train" else self.file(self.VAL), TrainingExample)
+
+
+VAL_RETRIEVAL = TrainingExamples.VAL_RETRIEVAL
 
 
 def write_val_retrieval(val_pairs: list[QAPair], chunks: list[Chunk], test_doc_ids: set[str], out_dir: Path) -> bool:
@@ -179,7 +214,7 @@ def write_val_retrieval(val_pairs: list[QAPair], chunks: list[Chunk], test_doc_i
     nDCG@10. Removed (returns False) when there are no val queries."""
     from embed_pipeline.stages.eval_set import build_eval_set
 
-    folder = Path(out_dir) / VAL_RETRIEVAL
+    folder = TrainingExamples(dir=out_dir).file(VAL_RETRIEVAL)
     if not val_pairs:
         shutil.rmtree(folder, ignore_errors=True)
         return False
@@ -189,9 +224,7 @@ def write_val_retrieval(val_pairs: list[QAPair], chunks: list[Chunk], test_doc_i
 
 def write_training_examples(result: MiningResult, out_dir: Path) -> dict:
     """``train.jsonl``, ``val.jsonl`` (TrainingExample rows) and ``manifest.json``."""
-    out_dir = Path(out_dir)
-    for split, rows in result.examples.items():
-        write_jsonl(out_dir / f"{split}.jsonl", rows)
+    out = TrainingExamples(dir=out_dir)
     stats = {}
     for split, rows in result.examples.items():
         gaps = [r.positive_score - max(r.negative_scores) for r in rows if r.negative_scores]
@@ -208,5 +241,70 @@ def write_training_examples(result: MiningResult, out_dir: Path) -> dict:
         "excluded_test_passages": result.num_excluded_test_chunks,
         "splits": stats,
     }
-    write_json(out_dir / "manifest.json", manifest)
+    write_json(out.file(TrainingExamples.MANIFEST), manifest)
+    write_jsonl(out.file(TrainingExamples.VAL), result.examples.get("val", []))
+    write_jsonl(out.train_path, result.examples["train"])  # the marker last
     return manifest
+
+
+class MiningInputs(BaseModel):
+    chunks: Chunks
+    qa_pairs: QAPairs = Field(description="Its extra passages (imported pairs) belong to the mining corpus.")
+    qa_splits: QASplits
+    encoder: EncoderConfig = Field(description="The base model that mines.")
+    out: TrainingExamples
+
+
+class MinedSample(BaseModel):
+    query: str
+    positive: str
+    hardest_negative: str
+
+
+class MiningOutput(BaseModel):
+    manifest: dict
+    train_rows: int
+    val_rows: int
+    val_retrieval_queries: int
+    sample: list[MinedSample]
+    test_passages: int = Field(description="Passages of test documents (never in a training row).")
+    rows_with_test_passages: list[str] = Field(description="Query ids of written rows touching a test passage.")
+
+
+def run_mining(inputs: MiningInputs, config: MiningConfig, log: logging.Logger) -> MiningOutput:
+    """Hard negatives over the corpus minus the test documents, written to ``inputs.out``."""
+    chunks = corpus_passages(inputs.chunks, inputs.qa_pairs)
+    test_docs = inputs.qa_splits.documents_in("test")
+    pairs = {s: inputs.qa_splits.pairs(s) for s in ("train", "val")}
+    if not pairs["train"]:
+        raise ValueError(
+            f"No training queries in {inputs.qa_splits.dir}: add documents or lower quality_threshold in qa_splits."
+        )
+    result = mine_hard_negatives(pairs, chunks, test_docs, Encoder(inputs.encoder), config, log)
+    manifest = write_training_examples(result, inputs.out.dir)
+    # Checkpoint selection retrieves the val queries over the mining corpus (never a test passage).
+    write_val_retrieval(pairs["val"], chunks, test_docs, inputs.out.dir)
+    # Read back what was written, so the leak check would catch a leak from any cause.
+    test_chunks = {c.chunk_id for c in chunks if c.doc_id in test_docs}
+    leaks = [
+        r.query_id
+        for s in ("train", "val")
+        for r in inputs.out.rows(s)
+        if ({r.positive_id, *r.negative_ids} & test_chunks)
+    ]
+    train = result.examples["train"]
+    return MiningOutput(
+        manifest=manifest,
+        train_rows=len(train),
+        val_rows=len(result.examples["val"]),
+        val_retrieval_queries=len(pairs["val"]),
+        sample=[
+            MinedSample(query=r.query, positive=r.positive, hardest_negative=r.negatives[0] if r.negatives else "")
+            for r in train[:5]
+        ],
+        test_passages=len(test_chunks),
+        rows_with_test_passages=leaks,
+    )
+
+
+STAGE = Stage("mining", MiningInputs, MiningConfig, MiningOutput, run_mining, gpu=True)

@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from embed_pipeline.core.artifacts import write_text
+from embed_pipeline.stages.finetuned_model import FinetunedModel
 
-HISTORY_FILE = "training_history.json"
-CARD_FILE = "README.md"
+HISTORY_FILE = FinetunedModel.HISTORY
+CARD_FILE = FinetunedModel.CARD
 METRICS_PLACEHOLDER = "_Not measured yet: the `retrieval_metrics` stage fills this section (base vs fine-tuned)._"
 
 TEMPLATE = """\

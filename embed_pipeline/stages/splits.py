@@ -28,11 +28,16 @@ import hashlib
 import logging
 from collections import Counter
 from pathlib import Path
+from typing import ClassVar
 
 from pydantic import BaseModel, Field, model_validator
 
-from embed_pipeline.core.artifacts import write_json, write_jsonl
+from embed_pipeline.core.artifact import Artifact
+from embed_pipeline.core.artifacts import read_json, read_jsonl, write_json, write_jsonl
 from embed_pipeline.core.records import QAPair
+from embed_pipeline.core.stage import Stage
+from embed_pipeline.stages.chunking import Chunks
+from embed_pipeline.stages.sdg.io import QAPairs, corpus_passages
 
 SPLITS = ("train", "val", "test")
 MIN_TEST_QUERIES = 100  # below this the metadata warns: intervals too wide for most gains (the recipe's FAQ)
@@ -191,12 +196,35 @@ def split_pairs(pairs: list[QAPair], all_doc_ids: list[str], config: SplitConfig
     )
 
 
+class QASplits(Artifact):
+    """The ``qa_splits`` folder: ``train.jsonl``, ``val.jsonl``, ``test.jsonl`` (QAPair), ``doc_splits.json``
+    (document -> split) and ``manifest.json``."""
+
+    asset = "qa_splits"
+    marker = "doc_splits.json"
+    MANIFEST: ClassVar[str] = "manifest.json"
+
+    def split_file(self, split: str) -> Path:
+        if split not in SPLITS:
+            raise ValueError(f"Unknown split {split!r}: the splits are {', '.join(SPLITS)}.")
+        return self.file(f"{split}.jsonl")
+
+    def pairs(self, split: str) -> list[QAPair]:
+        return read_jsonl(self.split_file(split), QAPair)
+
+    def doc_splits(self) -> dict[str, str]:
+        return read_json(self.file(self.marker))
+
+    def documents_in(self, split: str) -> set[str]:
+        """The documents of ``split`` (e.g. the test documents no training row may touch)."""
+        return {doc for doc, s in self.doc_splits().items() if s == split}
+
+
 def write_splits(result: SplitResult, out_dir: Path, logger: logging.Logger | None = None) -> dict:
     """``train.jsonl``, ``val.jsonl``, ``test.jsonl`` (QAPair records), ``doc_splits.json`` and ``manifest.json``."""
-    out_dir = Path(out_dir)
+    out = QASplits(dir=out_dir)
     for split in SPLITS:
-        write_jsonl(out_dir / f"{split}.jsonl", result.pairs[split])
-    write_json(out_dir / "doc_splits.json", result.doc_splits)
+        write_jsonl(out.split_file(split), result.pairs[split])
     docs_per_split = Counter(result.doc_splits.values())
     manifest = {
         "ratios": result.ratios,
@@ -209,7 +237,32 @@ def write_splits(result: SplitResult, out_dir: Path, logger: logging.Logger | No
         "documents": {s: docs_per_split.get(s, 0) for s in SPLITS},
         "warnings": result.warnings,
     }
-    write_json(out_dir / "manifest.json", manifest)
+    write_json(out.file(QASplits.MANIFEST), manifest)
+    write_json(out.file(QASplits.marker), result.doc_splits)
     for w in result.warnings:
         (logger or logging.getLogger("embed_pipeline")).warning(w)
     return manifest
+
+
+class QASplitsInputs(BaseModel):
+    qa_pairs: QAPairs
+    chunks: Chunks
+    out: QASplits
+
+
+class QASplitsOutput(BaseModel):
+    manifest: dict
+    offenders: list[str] = Field(description="Queries whose documents are not all in the query's own split.")
+
+
+def run_qa_splits(inputs: QASplitsInputs, config: SplitConfig, log: logging.Logger) -> QASplitsOutput:
+    doc_ids = sorted({c.doc_id for c in corpus_passages(inputs.chunks, inputs.qa_pairs)})
+    result = split_pairs(inputs.qa_pairs.read(), doc_ids, config)
+    manifest = write_splits(result, inputs.out.dir, logger=log)
+    # Re-derive from what was written: every pair's documents must sit in the pair's own split.
+    written = inputs.out.doc_splits()
+    offenders = [p.query_id for s in SPLITS for p in inputs.out.pairs(s) if {written[d] for d in p.doc_ids} != {s}]
+    return QASplitsOutput(manifest=manifest, offenders=offenders)
+
+
+STAGE = Stage("qa_splits", QASplitsInputs, SplitConfig, QASplitsOutput, run_qa_splits)

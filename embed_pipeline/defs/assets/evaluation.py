@@ -1,21 +1,14 @@
 """`retrieval_metrics`: base vs fine-tuned on the held-out eval set (and the user's real queries), with intervals,
 slices and a statistical quality gate."""
 
-from pathlib import Path
-
 import dagster as dg
 from pydantic import Field
 
 from embed_pipeline.core.settings import get_settings
-from embed_pipeline.defs.assets.datasets import eval_set
-from embed_pipeline.defs.assets.model import finetuned_model
-from embed_pipeline.defs.assets.synthetic_data import EXTRA_CHUNKS
-from embed_pipeline.defs.compute import GPU_POOL, ComputeTarget, run_stage
-from embed_pipeline.defs.config import run_config_for, to_stage
-from embed_pipeline.defs.metadata import path_value, sample_table, upstream_file
-from embed_pipeline.defs.partitions import corpus_partitions
+from embed_pipeline.defs.config import run_config_for
+from embed_pipeline.defs.metadata import sample_table
 from embed_pipeline.defs.plots import delta_intervals, metrics_bars
-from embed_pipeline.defs.resources import BaseEncoder, PipelineStorage
+from embed_pipeline.defs.stage_asset import Described, StepContext, stage_asset
 from embed_pipeline.stages.evaluation import RetrievalMetricsConfig, RetrievalMetricsResult
 
 GATE_CHECK = "finetuned_not_worse_than_base"
@@ -42,52 +35,8 @@ def interval_metadata(prefix: str, intervals: dict) -> dict[str, dg.MetadataValu
     return out
 
 
-@dg.asset(
-    partitions_def=corpus_partitions,
-    code_version="3",
-    group_name="evaluation",
-    deps=[eval_set, finetuned_model],
-    kinds={"python", "faiss"},
-    check_specs=[
-        dg.AssetCheckSpec(
-            GATE_CHECK,
-            asset="retrieval_metrics",
-            blocking=True,
-            description="Statistical gate on the 95% interval of the nDCG@10 change (synthetic test queries, and real "
-            "queries when given): blocks on a significant loss, warns when the change is within the noise.",
-        )
-    ],
-    pool=GPU_POOL,
-)
-def retrieval_metrics(
-    context: dg.AssetExecutionContext,
-    config: RetrievalMetricsRunConfig,
-    storage: PipelineStorage,
-    base_encoder: BaseEncoder,
-    compute: ComputeTarget,
-):
-    """nDCG/Recall/Precision/MAP at k for the base and the fine-tuned model (pytrec_eval, BEIR's rules), with the
-    95% interval of every change, per-kind slices, and the same on your real queries (EMBED_EVAL_QUERIES)."""
-    corpus = context.partition_key
-    eval_dir = upstream_file(storage.asset_dir(corpus, "eval_set"), "qrels/test.tsv", "eval_set").parent.parent
-    model_dir = upstream_file(storage.asset_dir(corpus, "finetuned_model"), "config.json", "finetuned_model").parent
-    chunks_file = upstream_file(storage.asset_dir(corpus, "chunks"), "chunks.jsonl", "chunks")
-    extra_chunks = storage.asset_dir(corpus, "qa_pairs") / EXTRA_CHUNKS
-    stage_config = to_stage(config, RetrievalMetricsConfig)
-    if stage_config.eval_queries:  # absolute, so it means the same in a container (and is checked to be mounted)
-        stage_config.eval_queries = str(Path(stage_config.eval_queries).expanduser().resolve())
-    out = storage.asset_dir(corpus, "retrieval_metrics")
-    params = {
-        "eval_dir": str(eval_dir),
-        "base": base_encoder.config().model_dump(mode="json"),
-        "finetuned": base_encoder.config(str(model_dir)).model_dump(mode="json"),
-        "config": stage_config.model_dump(mode="json"),
-        "out_dir": str(out),
-        "model_dir": str(model_dir),  # the model card gets the metrics table
-        "chunk_files": [str(chunks_file), *([str(extra_chunks)] if extra_chunks.exists() else [])],
-    }
-    result = RetrievalMetricsResult.model_validate(run_stage(context, compute, "retrieval_metrics", params))
-    encoder_rows = base_encoder.settings_rows()
+def _describe(step: StepContext, result: RetrievalMetricsResult) -> Described:
+    encoder_rows = step.resources.base_encoder.settings_rows()
     numbers = {
         f"{who}_{key}": value
         for who, scores in (("base", result.base), ("finetuned", result.finetuned))
@@ -117,33 +66,30 @@ def retrieval_metrics(
             "real_records_skipped": real.num_skipped,
             "real_skipped_examples": dg.MetadataValue.md("\n".join(f"- {s}" for s in real.skipped[:20]) or "none"),
         }
-    yield dg.MaterializeResult(
-        metadata={
-            "metrics_table": dg.MetadataValue.md(result.table),
-            # How both models embedded the texts (prefixes, pooling, lengths) and where each value came from.
-            "encoder_settings": sample_table(encoder_rows, ["setting", "value", "from"], n=len(encoder_rows)),
-            "base_vs_finetuned": metrics_bars(result.base, result.finetuned, result.k_values),
-            "changes_with_intervals": delta_intervals(
-                {"synthetic test queries": result.intervals}
-                | ({"real queries": result.real.intervals} if result.real is not None else {})
-            ),
-            **optional,
-            **{k: dg.MetadataValue.float(float(v)) for k, v in numbers.items()},
-            **interval_metadata("", result.intervals),
-            "gate": dg.MetadataValue.md(result.gate.description.replace("\n", "\n\n")),
-            "warnings": dg.MetadataValue.md("\n".join(f"- {w}" for w in result.warnings) or "none"),
-            "num_queries": result.num_queries,
-            "num_corpus": result.num_corpus,
-            "seconds_base": round(result.seconds.get("base", 0.0), 2),
-            "seconds_finetuned": round(result.seconds.get("finetuned", 0.0), 2),
-            "path": path_value(out),
-        }
-    )
+    metadata = {
+        "metrics_table": dg.MetadataValue.md(result.table),
+        # How both models embedded the texts (prefixes, pooling, lengths) and where each value came from.
+        "encoder_settings": sample_table(encoder_rows, ["setting", "value", "from"], n=len(encoder_rows)),
+        "base_vs_finetuned": metrics_bars(result.base, result.finetuned, result.k_values),
+        "changes_with_intervals": delta_intervals(
+            {"synthetic test queries": result.intervals}
+            | ({"real queries": result.real.intervals} if result.real is not None else {})
+        ),
+        **optional,
+        **{k: dg.MetadataValue.float(float(v)) for k, v in numbers.items()},
+        **interval_metadata("", result.intervals),
+        "gate": dg.MetadataValue.md(result.gate.description.replace("\n", "\n\n")),
+        "warnings": dg.MetadataValue.md("\n".join(f"- {w}" for w in result.warnings) or "none"),
+        "num_queries": result.num_queries,
+        "num_corpus": result.num_corpus,
+        "seconds_base": round(result.seconds.get("base", 0.0), 2),
+        "seconds_finetuned": round(result.seconds.get("finetuned", 0.0), 2),
+    }
     outcome = result.gate.outcome
-    if outcome == "block" and not config.block_on_regression:
+    if outcome == "block" and not step.run_config.block_on_regression:
         outcome = "warn"
     headline = result.intervals.get("ndcg_at_10")
-    yield dg.AssetCheckResult(
+    check = dg.AssetCheckResult(
         check_name=GATE_CHECK,
         passed=outcome == "pass",
         severity=_SEVERITY.get(outcome, dg.AssetCheckSeverity.ERROR),
@@ -163,3 +109,34 @@ def retrieval_metrics(
             ),
         },
     )
+    return Described(metadata, [check])
+
+
+def _inputs(step: StepContext) -> dict:
+    encoder = step.resources.base_encoder
+    return {"base": encoder.config(), "finetuned": encoder.config(str(step.upstream["finetuned_model"].dir))}
+
+
+retrieval_metrics = stage_asset(
+    "retrieval_metrics",
+    key="retrieval_metrics",
+    ins=("eval_set", "finetuned_model", "chunks", "qa_pairs"),
+    group="evaluation",
+    kinds={"python", "faiss"},
+    code_version="3",
+    run_config=RetrievalMetricsRunConfig,
+    inputs=_inputs,
+    resources=frozenset({"base_encoder"}),
+    check_specs=(
+        dg.AssetCheckSpec(
+            GATE_CHECK,
+            asset="retrieval_metrics",
+            blocking=True,
+            description="Statistical gate on the 95% interval of the nDCG@10 change (synthetic test queries, and real "
+            "queries when given): blocks on a significant loss, warns when the change is within the noise.",
+        ),
+    ),
+    describe=_describe,
+    description="nDCG/Recall/Precision/MAP at k for the base and the fine-tuned model (pytrec_eval, BEIR's rules), "
+    "with the 95% interval of every change, per-kind slices, and the same on your real queries (EMBED_EVAL_QUERIES).",
+)

@@ -7,21 +7,17 @@ export stops ``embedding_service`` from deploying it.
 
 import dagster as dg
 
-from embed_pipeline.core.artifacts import read_json, write_json
-from embed_pipeline.defs.assets.datasets import eval_set
-from embed_pipeline.defs.assets.model import finetuned_model
-from embed_pipeline.defs.compute import GPU_POOL, ComputeTarget, ContainerStageError, run_stage
-from embed_pipeline.defs.config import run_config_for, to_stage
-from embed_pipeline.defs.metadata import path_value, upstream_file
-from embed_pipeline.defs.partitions import corpus_partitions
-from embed_pipeline.defs.resources import BaseEncoder, PipelineStorage, ServingTarget
-from embed_pipeline.stages.export.onnx_export import OnnxExportConfig, OnnxExportResult
+from embed_pipeline.core.artifacts import read_json
+from embed_pipeline.defs.compute import GPU_POOL
+from embed_pipeline.defs.config import run_config_for
+from embed_pipeline.defs.stage_asset import Described, StepContext, stage_asset
+from embed_pipeline.stages.export.onnx_export import OnnxExportConfig
 from embed_pipeline.stages.export.parity import ParityReport
-from embed_pipeline.stages.export.tensorrt_engine import TensorRTConfig, TensorRTResult, tensorrt_unavailable_reason
+from embed_pipeline.stages.export.stage import OnnxOutput, TensorRTOutput
+from embed_pipeline.stages.export.tensorrt_engine import TensorRTConfig, TensorRTEngine
 
 OnnxExportRunConfig = run_config_for(OnnxExportConfig, "OnnxExportRunConfig")
 TensorRTRunConfig = run_config_for(TensorRTConfig, "TensorRTRunConfig")
-PARITY_FILE = "parity.json"
 
 
 def parity_table(reports: dict[str, ParityReport], dropped: dict[str, str] | None = None) -> str:
@@ -85,65 +81,13 @@ def _parity_check(variant: str, reports: dict[str, ParityReport], dropped: dict[
     )
 
 
-@dg.asset(
-    partitions_def=corpus_partitions,
-    code_version="1",
-    group_name="deployment",
-    deps=[finetuned_model, eval_set],
-    kinds={"onnx"},
-    check_specs=[
-        dg.AssetCheckSpec(
-            "onnx_fp32_parity",
-            asset="onnx_model",
-            blocking=True,
-            description="ONNX Runtime fp32 vs PyTorch on every eval-set text: min cosine >= 0.9999 and "
-            "|Δ nDCG@10| <= 0.001.",
-        ),
-        dg.AssetCheckSpec(
-            "onnx_int8_parity",
-            asset="onnx_model",
-            blocking=True,
-            description="The int8 variant's retrieval stays within 0.01 nDCG@10 of PyTorch. When int8 is not the "
-            "served variant a failure drops it from the export and only warns.",
-        ),
-    ],
-    pool=GPU_POOL,
-)
-def onnx_model(
-    context: dg.AssetExecutionContext,
-    config: OnnxExportRunConfig,
-    storage: PipelineStorage,
-    compute: ComputeTarget,
-    serving: ServingTarget,
-    base_encoder: BaseEncoder,
-):
-    """ONNX export (pooling and L2 normalisation inside the graph), int8/fp16 variants, tokenizer, manifest.
-
-    A variant that fails its parity gate and is not the one ``embedding_service`` serves is dropped from the export
-    with a warning (the reason is in the metadata and the manifest); only a failure of fp32 or the served variant
-    blocks."""
-    corpus = context.partition_key
-    model_dir = upstream_file(storage.asset_dir(corpus, "finetuned_model"), "config.json", "finetuned_model").parent
-    eval_dir = upstream_file(storage.asset_dir(corpus, "eval_set"), "qrels/test.tsv", "eval_set").parent.parent
-    out = storage.asset_dir(corpus, "onnx_model")
-    params = {
-        "model_dir": str(model_dir),
-        "eval_dir": str(eval_dir),
-        "out_dir": str(out),
-        "config": to_stage(config, OnnxExportConfig).model_dump(mode="json"),
-        "parity_path": str(out / PARITY_FILE),  # parity of every served variant (fp32, int8, fp16)
-        "served_variant": serving.variant,
-        "trust_remote_code": base_encoder.trust_remote_code,  # a custom-code checkpoint runs its code to export
-    }
-    done = run_stage(context, compute, "onnx_export", params)
-    result = OnnxExportResult.model_validate(done["export"])
-    reports = {variant: ParityReport.model_validate(r) for variant, r in done["parity"].items()}
-    dropped: dict[str, str] = done.get("dropped", {})
+def _describe_onnx(step: StepContext, done: OnnxOutput) -> Described:
+    result, reports, dropped = done.export, done.parity, done.dropped
     for variant, why in dropped.items():
-        context.log.warning(f"onnx_model: the {variant} variant failed its parity gate and was dropped: {why}")
+        step.context.log.warning(f"onnx_model: the {variant} variant failed its parity gate and was dropped: {why}")
     kept = {v: p for v, p in result.files.items() if v not in dropped}
-    yield dg.MaterializeResult(
-        metadata={
+    return Described(
+        {
             "parity": dg.MetadataValue.md(parity_table(reports, dropped)),
             "variants": dg.MetadataValue.md(
                 "| variant | file | MB |\n|---|---|---|\n"
@@ -159,65 +103,16 @@ def onnx_model(
             "max_length": result.max_length,
             "attention": result.attention,
             "export_seconds": round(result.seconds, 2),
-            "path": path_value(out),
-        }
+        },
+        [_parity_check(variant, reports, dropped) for variant in ("fp32", "int8")],
     )
-    for variant in ("fp32", "int8"):
-        yield _parity_check(variant, reports, dropped)
 
 
-@dg.asset(
-    partitions_def=corpus_partitions,
-    code_version="1",
-    group_name="deployment",
-    deps=[onnx_model],
-    kinds={"tensorrt"},
-    output_required=False,
-    pool=GPU_POOL,
-)
-def tensorrt_engine(
-    context: dg.AssetExecutionContext,
-    config: TensorRTRunConfig,
-    storage: PipelineStorage,
-    compute: ComputeTarget,
-    base_encoder: BaseEncoder,
-):
-    """TensorRT engine (fp16, pooling/normalisation in fp32) whose profile covers the trained max length.
-
-    Needs TensorRT and an NVIDIA GPU; in process elsewhere it does not materialize, logs why, and the run still
-    succeeds. In docker mode the container decides, and one that cannot build fails the step: the GPU image was
-    asked for, so a missing GPU there is a setup error, not a machine without one.
-    """
-    if compute.mode == "in_process":
-        reason = tensorrt_unavailable_reason()
-        if reason is not None:
-            context.log.warning(f"tensorrt_engine not built: {reason}.")
-            return
-    corpus = context.partition_key
-    onnx_dir = upstream_file(storage.asset_dir(corpus, "onnx_model"), "manifest.json", "onnx_model").parent
-    out = storage.asset_dir(corpus, "tensorrt_engine")
-    params = {
-        "onnx_dir": str(onnx_dir),
-        "out_dir": str(out),
-        "config": to_stage(config, TensorRTConfig).model_dump(mode="json"),
-        "trust_remote_code": base_encoder.trust_remote_code,
-    }
-    if compute.mode == "docker":  # measure parity in the GPU container; tensorrt_parity judges it here
-        params["parity"] = {
-            "model_dir": str(storage.asset_dir(corpus, "finetuned_model")),
-            "eval_dir": str(storage.asset_dir(corpus, "eval_set")),
-            "path": str(out / PARITY_FILE),
-        }
-    done = run_stage(context, compute, "tensorrt_engine", params)
-    if not done["built"]:  # in docker mode (in process, the check above already returned)
-        raise ContainerStageError(
-            f"tensorrt_engine not built in a container of {compute.image!r}: {done['reason']}. Give the container "
-            "a GPU (the compute resource's gpus; the NVIDIA Container Toolkit on the Docker host) and an image with "
-            "the gpu extra (the project's Dockerfile), or run this step with EMBED_COMPUTE_MODE=in_process."
-        )
-    result = TensorRTResult.model_validate(done["result"])
-    yield dg.MaterializeResult(
-        metadata={
+def _describe_engine(step: StepContext, done: TensorRTOutput) -> Described:
+    result = done.result
+    assert result is not None  # a stage that built nothing was skipped before this
+    return Described(
+        {
             "precision": result.precision,
             "profile": dg.MetadataValue.json(result.profile),
             "fp32_layers": result.fp32_layers,
@@ -225,9 +120,65 @@ def tensorrt_engine(
             "build_seconds": round(result.seconds, 1),
             "tensorrt_version": result.tensorrt_version,
             "gpu": result.gpu,
-            "path": path_value(out),
         }
     )
+
+
+def _trust(step: StepContext) -> dict:
+    # A custom-code checkpoint runs its code to export and to be measured: the user's opt-in decides.
+    return {"trust_remote_code": step.resources.base_encoder.trust_remote_code}
+
+
+onnx_model = stage_asset(
+    "onnx_export",
+    key="onnx_model",
+    ins=("finetuned_model", "eval_set"),
+    group="deployment",
+    kinds={"onnx"},
+    code_version="1",
+    run_config=OnnxExportRunConfig,
+    inputs=lambda step: _trust(step) | {"served_variant": step.resources.serving.variant},
+    resources=frozenset({"base_encoder", "serving"}),
+    check_specs=(
+        dg.AssetCheckSpec(
+            "onnx_fp32_parity",
+            asset="onnx_model",
+            blocking=True,
+            description="ONNX Runtime fp32 vs PyTorch on every eval-set text: min cosine >= 0.9999 and "
+            "|Δ nDCG@10| <= 0.001.",
+        ),
+        dg.AssetCheckSpec(
+            "onnx_int8_parity",
+            asset="onnx_model",
+            blocking=True,
+            description="The int8 variant's retrieval stays within 0.01 nDCG@10 of PyTorch. When int8 is not the "
+            "served variant a failure drops it from the export and only warns.",
+        ),
+    ),
+    describe=_describe_onnx,
+    description="ONNX export (pooling and L2 normalisation inside the graph), int8/fp16 variants, tokenizer, "
+    "manifest. A variant that fails its parity gate and is not the one embedding_service serves is dropped from "
+    "the export with a warning (the reason is in the metadata and the manifest); only a failure of fp32 or the "
+    "served variant blocks.",
+)
+
+tensorrt_engine = stage_asset(
+    "tensorrt_engine",
+    key="tensorrt_engine",
+    ins=("onnx_model", "finetuned_model", "eval_set"),
+    group="deployment",
+    kinds={"tensorrt"},
+    code_version="1",
+    run_config=TensorRTRunConfig,
+    inputs=_trust,
+    resources=frozenset({"base_encoder"}),
+    output_required=False,
+    describe=_describe_engine,
+    description="TensorRT engine (fp16, pooling/normalisation in fp32) whose profile covers the trained max "
+    "length, measured against the checkpoint where it was built. Needs TensorRT and an NVIDIA GPU; in process "
+    "elsewhere it does not materialize, logs why, and the run still succeeds. In docker mode a container that "
+    "cannot build one fails the step: the GPU image was asked for.",
+)
 
 
 @dg.asset_check(
@@ -236,25 +187,9 @@ def tensorrt_engine(
     description="The engine vs PyTorch on every eval-set text: min cosine and nDCG@10 within the fp16 thresholds.",
     pool=GPU_POOL,
 )
-def tensorrt_parity(
-    context: dg.AssetCheckExecutionContext, storage: PipelineStorage, compute: ComputeTarget, base_encoder: BaseEncoder
-) -> dg.AssetCheckResult:
-    corpus = context.partition_key
-    engine_dir = storage.asset_dir(corpus, "tensorrt_engine")
-    if compute.mode == "docker":
-        # Measured in the engine's GPU container right after the build (this process may have no GPU).
-        report = ParityReport.model_validate(read_json(upstream_file(engine_dir, PARITY_FILE, "tensorrt_engine")))
-    else:
-        from embed_pipeline.stages.export.engine_parity import check_engine_parity
-
-        report = check_engine_parity(
-            storage.asset_dir(corpus, "finetuned_model"),
-            engine_dir,
-            storage.asset_dir(corpus, "eval_set"),
-            logger=context.log,
-            trust_remote_code=base_encoder.trust_remote_code,
-        )
-        write_json(engine_dir / PARITY_FILE, report.model_dump(mode="json"))
+def tensorrt_parity(tensorrt_engine: TensorRTEngine) -> dg.AssetCheckResult:
+    """Judges the parity the tensorrt_engine stage measured on the GPU it built the engine on."""
+    report = ParityReport.model_validate(read_json(tensorrt_engine.file(TensorRTEngine.PARITY)))
     return dg.AssetCheckResult(
         passed=report.passed,
         metadata={

@@ -2,15 +2,11 @@
 
 import dagster as dg
 
-from embed_pipeline.defs.assets.datasets import training_examples
-from embed_pipeline.defs.compute import GPU_POOL, ComputeTarget, run_stage
-from embed_pipeline.defs.config import run_config_for, to_stage
-from embed_pipeline.defs.metadata import path_value, sample_table, upstream_file
-from embed_pipeline.defs.partitions import corpus_partitions
+from embed_pipeline.defs.config import run_config_for
+from embed_pipeline.defs.metadata import path_value, sample_table
 from embed_pipeline.defs.plots import training_curves
-from embed_pipeline.defs.resources import BaseEncoder, PipelineStorage
-from embed_pipeline.stages.mining import VAL_RETRIEVAL
-from embed_pipeline.stages.training import TrainingConfig, TrainResult
+from embed_pipeline.defs.stage_asset import Described, StepContext, stage_asset
+from embed_pipeline.stages.training.config import TrainingConfig, TrainResult
 
 TrainingRunConfig = run_config_for(TrainingConfig, "TrainingRunConfig")
 
@@ -19,37 +15,7 @@ def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.4f}"
 
 
-@dg.asset(
-    partitions_def=corpus_partitions,
-    code_version="2",
-    group_name="training",
-    deps=[training_examples],
-    kinds={"pytorch"},
-    pool=GPU_POOL,
-)
-def finetuned_model(
-    context: dg.AssetExecutionContext,
-    config: TrainingRunConfig,
-    storage: PipelineStorage,
-    base_encoder: BaseEncoder,
-    compute: ComputeTarget,
-) -> dg.MaterializeResult:
-    """The fine-tuned encoder: Hugging Face + sentence-transformers layout, with a model card."""
-    corpus = context.partition_key
-    data = storage.asset_dir(corpus, "training_examples")
-    train_path = upstream_file(data, "train.jsonl", "training_examples")
-    val_path = data / "val.jsonl"
-    val_retrieval = data / VAL_RETRIEVAL
-    out = storage.asset_dir(corpus, "finetuned_model")
-    params = {
-        "train_path": str(train_path),
-        "val_path": str(val_path) if val_path.exists() else None,
-        "val_retrieval": str(val_retrieval) if val_retrieval.is_dir() else None,
-        "encoder": base_encoder.config().model_dump(mode="json"),
-        "config": to_stage(config, TrainingConfig).model_dump(mode="json"),
-        "out_dir": str(out),
-    }
-    result = TrainResult.model_validate(run_stage(context, compute, "finetune", params))
+def _describe(step: StepContext, result: TrainResult) -> Described:
     history = result.history
     steps = [s.model_dump() for s in history.steps]
     epochs = [e.model_dump() for e in history.epochs]
@@ -62,7 +28,8 @@ def finetuned_model(
         f"| 0 (base) | - | {_fmt(history.initial_val_loss)} | {_fmt(history.initial_val_ndcg_at_10)} | - | "
         f"{'yes' if history.best_step == 0 else ''} |\n"
     )
-    encoder_rows = base_encoder.settings_rows()
+    encoder_rows = step.resources.base_encoder.settings_rows()
+    out = step.out
     base_point = [{"step": 0, "val_loss": history.initial_val_loss, "val_ndcg_at_10": history.initial_val_ndcg_at_10}]
     sweep = {}
     if history.lr_sweep:
@@ -75,8 +42,8 @@ def finetuned_model(
                 for r in history.lr_sweep
             )
         )
-    return dg.MaterializeResult(
-        metadata={
+    return Described(
+        {
             "training_curves": training_curves(steps, base_point + [e.model_dump() for e in history.evals]),
             "epochs": dg.MetadataValue.md(
                 "| epoch | train loss | val loss | val nDCG@10 | seconds | kept |\n|---|---|---|---|---|---|\n"
@@ -121,7 +88,21 @@ def finetuned_model(
             "examples_per_s": round(result.examples_per_s, 2),
             "device": history.device,
             "seconds": round(result.seconds, 1),
-            "model_card": path_value(out / "README.md"),
-            "path": path_value(out),
+            "model_card": path_value(out.card_path),
         }
     )
+
+
+finetuned_model = stage_asset(
+    "finetune",
+    key="finetuned_model",
+    ins=("training_examples",),
+    group="training",
+    kinds={"pytorch"},
+    code_version="2",
+    run_config=TrainingRunConfig,
+    inputs=lambda step: {"encoder": step.resources.base_encoder.config()},
+    resources=frozenset({"base_encoder"}),
+    describe=_describe,
+    description="The fine-tuned encoder: Hugging Face + sentence-transformers layout, with a model card.",
+)

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, Field
+
+from embed_pipeline.core.artifact import Artifact
 
 # The layout, known here only: the writer, the strict reader below and the importer's tolerant reader use these.
 CORPUS_FILE = "corpus.jsonl"
@@ -173,3 +175,15 @@ def write_beir(
     )
     rows = ["\t".join(QRELS_HEADER)] + [f"{q}\t{d}\t{g}" for q, docs in qrels.items() for d, g in docs.items()]
     qrels_path(folder, split).write_text("\n".join(rows) + "\n", encoding="utf-8")
+
+
+class EvalSet(Artifact):
+    """The ``eval_set`` artifact: a BEIR folder of the test queries against the whole corpus, plus ``manifest.json``
+    (``stages/eval_set.py`` writes it). ``training_examples`` keeps one of the same layout for validation."""
+
+    asset = "eval_set"
+    marker = f"{QRELS_DIR}/test{QRELS_SUFFIX}"
+    MANIFEST: ClassVar[str] = "manifest.json"
+
+    def load(self) -> BeirData:
+        return load_beir(self.dir)

@@ -41,6 +41,7 @@ from pydantic import BaseModel, Field
 
 from embed_pipeline.core.passage_match import PassageMatcher, normalize_text
 from embed_pipeline.core.records import Chunk
+from embed_pipeline.stages.evaluation.beir import CORPUS_FILE, QRELS_DIR, QRELS_SUFFIX, QUERIES_FILE, qrels_path
 
 Level = Literal["document", "passage"]
 QUERY_ID_KEYS = ("query_id", "_id", "id")
@@ -244,21 +245,23 @@ def _read_jsonl(path: Path, reader: _Reader) -> None:
 
 def _read_beir(root: Path, reader: _Reader) -> None:
     queries: dict[str, str] = {}
-    for where, obj in _json_lines(root / "queries.jsonl", reader, str(root / "queries.jsonl")):
+    for where, obj in _json_lines(root / QUERIES_FILE, reader, str(root / QUERIES_FILE)):
         qid, text = obj.get("_id"), _text(obj.get("text"))
         if not isinstance(qid, (str, int)) or text is None:
             reader.skip(where, "a query needs '_id' and a non-empty 'text'")
             continue
         queries.setdefault(str(qid), text)
     corpus: dict[str, str] = {}
-    if (root / "corpus.jsonl").is_file():
-        for _where, obj in _json_lines(root / "corpus.jsonl", reader, str(root / "corpus.jsonl")):
+    if (root / CORPUS_FILE).is_file():
+        for _where, obj in _json_lines(root / CORPUS_FILE, reader, str(root / CORPUS_FILE)):
             cid, text = obj.get("_id"), _text(obj.get("text"))
             if isinstance(cid, (str, int)) and text is not None:
                 title = _text(obj.get("title"))
                 corpus[str(cid)] = f"{title}\n\n{text}" if title else text
-    split = root / "qrels" / "test.tsv"
-    files = [split] if split.is_file() else sorted(p for p in (root / "qrels").glob("*.tsv") if p.is_file())
+    split = qrels_path(root, "test")
+    files = (
+        [split] if split.is_file() else sorted(p for p in (root / QRELS_DIR).glob(f"*{QRELS_SUFFIX}") if p.is_file())
+    )
     if not files:
         raise ValueError(f"BEIR folder {root}: qrels/ holds no .tsv file (expected qrels/test.tsv).")
     for path in files:
@@ -308,7 +311,7 @@ def load_real_queries(path: str | Path, chunks: Sequence[Chunk]) -> RealQueries:
         raise ValueError("Real queries need a corpus: there are no chunks. Materialize `chunks` first.")
     reader = _Reader(_Corpus(chunks), source)
     if source.is_dir():
-        if not (source / "queries.jsonl").is_file():
+        if not (source / QUERIES_FILE).is_file():
             raise ValueError(f"{source} is a folder but not a BEIR folder: it has no queries.jsonl.")
         _read_beir(source, reader)
     else:

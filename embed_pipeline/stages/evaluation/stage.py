@@ -16,13 +16,17 @@ import logging
 import time
 from collections import Counter
 from pathlib import Path
+from typing import ClassVar
 
 from pydantic import BaseModel, Field, field_validator
 
-from embed_pipeline.core.artifacts import read_jsonl, write_json, write_text
+from embed_pipeline.core.artifact import Artifact
+from embed_pipeline.core.artifacts import read_json, read_jsonl, write_json, write_text
 from embed_pipeline.core.encoder import Encoder, EncoderConfig
 from embed_pipeline.core.records import Chunk
-from embed_pipeline.stages.evaluation.beir import BeirData, load_beir
+from embed_pipeline.core.stage import Stage
+from embed_pipeline.stages.chunking import Chunks
+from embed_pipeline.stages.evaluation.beir import BeirData, EvalSet, load_beir
 from embed_pipeline.stages.evaluation.bootstrap import BootstrapConfig, DeltaInterval, paired_bootstrap
 from embed_pipeline.stages.evaluation.gate import GateDecision, quality_gate
 from embed_pipeline.stages.evaluation.metrics import check_k_values, mean_metrics, metric_keys
@@ -30,6 +34,9 @@ from embed_pipeline.stages.evaluation.real_queries import RealQueries, load_real
 from embed_pipeline.stages.evaluation.scoring import ModelScores, score_encoder
 from embed_pipeline.stages.evaluation.slices import SliceRow, slice_rows, slice_table
 from embed_pipeline.stages.evaluation.tables import comparison_table, dimension_table
+from embed_pipeline.stages.finetuned_model import FinetunedModel
+from embed_pipeline.stages.model_card import write_model_card
+from embed_pipeline.stages.sdg.io import QAPairs
 
 _log = logging.getLogger("embed_pipeline.evaluation")
 
@@ -61,6 +68,12 @@ class RetrievalMetricsConfig(BaseModel):
     @classmethod
     def _positive_ks(cls, v: list[int]) -> list[int]:
         return check_k_values(v)
+
+    @field_validator("eval_queries")
+    @classmethod
+    def _absolute(cls, v: str | None) -> str | None:
+        # Absolute, so it means the same in a container (where it is checked to be mounted) as here.
+        return str(Path(v).expanduser().resolve()) if v else v
 
     def bootstrap(self) -> BootstrapConfig:
         return BootstrapConfig(resamples=self.bootstrap_resamples, seed=self.bootstrap_seed)
@@ -124,11 +137,8 @@ class RetrievalMetricsResult(BaseModel):
 
 def trained_dimensions(model_dir: str | Path) -> list[int]:
     """The Matryoshka dimensions a fine-tuned folder was trained at (its training_history.json); [] if none."""
-    from embed_pipeline.stages.training.config import TrainingHistory
-
-    path = Path(model_dir) / "training_history.json"
     try:
-        history = TrainingHistory.model_validate_json(path.read_text(encoding="utf-8"))
+        history = FinetunedModel(dir=model_dir).history()
     except (OSError, ValueError):
         return []
     return list(history.matryoshka_dims or [])
@@ -178,6 +188,19 @@ def _query_set(base, finetuned, ks: list[int], bootstrap: BootstrapConfig) -> Qu
 
 def read_chunks(chunk_files: list[Path]) -> list[Chunk]:
     return [c for path in chunk_files for c in read_jsonl(Path(path), Chunk)]
+
+
+class RetrievalMetrics(Artifact):
+    """The ``retrieval_metrics`` folder: ``metrics.json`` (the result, the models), ``table.md`` (the report) and
+    ``per_query.json`` (every query's metrics for both models)."""
+
+    asset = "retrieval_metrics"
+    marker = "metrics.json"
+    TABLE: ClassVar[str] = "table.md"
+    PER_QUERY: ClassVar[str] = "per_query.json"
+
+    def read(self) -> dict:
+        return read_json(self.file(self.marker))
 
 
 def run_retrieval_metrics(
@@ -251,8 +274,8 @@ def run_retrieval_metrics(
         dim_table = dimension_table(
             by_dim["base"], by_dim["finetuned"], (dimension, synthetic.base, synthetic.finetuned)
         )
-    out_dir = Path(out_dir)
-    metrics_path = out_dir / "metrics.json"
+    out = RetrievalMetrics(dir=out_dir)
+    metrics_path = out.file(RetrievalMetrics.marker)
     result = RetrievalMetricsResult(
         base=synthetic.base,
         finetuned=synthetic.finetuned,
@@ -270,10 +293,10 @@ def run_retrieval_metrics(
         by_dimension=by_dim,
         dimension_table=dim_table,
         metrics_path=metrics_path,
-        table_path=out_dir / "table.md",
+        table_path=out.file(RetrievalMetrics.TABLE),
     )
     write_json(
-        out_dir / "per_query.json",
+        out.file(RetrievalMetrics.PER_QUERY),
         {
             "synthetic": {q: {r: scores[r].synthetic[q] for r in scores} for q in data.qrels},
             "real": {q: {r: scores[r].real[q] for r in scores} for q in real.qrels} if real else None,
@@ -289,3 +312,38 @@ def run_retrieval_metrics(
     write_text(result.table_path, result.report())
     log.info(gate.description)
     return result
+
+
+class RetrievalMetricsInputs(BaseModel):
+    eval_set: EvalSet
+    finetuned_model: FinetunedModel = Field(description="Scored, and its model card gets the metrics table.")
+    chunks: Chunks = Field(description="With the passages imported pairs added: the corpus real queries search.")
+    qa_pairs: QAPairs
+    base: EncoderConfig
+    finetuned: EncoderConfig = Field(description="The fine-tuned folder, embedding the way the base model does.")
+    out: RetrievalMetrics
+
+
+def run_metrics_stage(
+    inputs: RetrievalMetricsInputs, config: RetrievalMetricsConfig, log: logging.Logger
+) -> RetrievalMetricsResult:
+    """Base vs fine-tuned on the eval set (and real queries), then the metrics into the fine-tuned model's card."""
+    extra = inputs.qa_pairs.file(QAPairs.EXTRA_CHUNKS)
+    result = run_retrieval_metrics(
+        inputs.eval_set.dir,
+        inputs.base,
+        inputs.finetuned,
+        config,
+        inputs.out.dir,
+        logger=log,
+        chunk_files=[inputs.chunks.file(Chunks.marker), *([extra] if extra.exists() else [])],
+    )
+    # The card travels with the weights (e.g. to the Hugging Face Hub), so it carries the measured gain.
+    write_model_card(inputs.finetuned_model.dir, metrics_markdown=result.report())
+    return result
+
+
+STAGE = Stage(
+    "retrieval_metrics", RetrievalMetricsInputs, RetrievalMetricsConfig, RetrievalMetricsResult, run_metrics_stage,
+    gpu=True,
+)  # fmt: skip

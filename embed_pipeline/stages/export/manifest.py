@@ -6,14 +6,15 @@ length per kind) so an ONNX Runtime or TensorRT encoder reproduces ``Encoder.enc
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import BaseModel, Field, ValidationError
 
+from embed_pipeline.core.artifact import Artifact
 from embed_pipeline.core.artifacts import write_json
 from embed_pipeline.core.encoder import EncoderConfig, Pooling
+from embed_pipeline.stages.finetuned_model import FinetunedModel
 
 MANIFEST_FILE = "manifest.json"
 FORMAT_VERSION = 1
@@ -22,7 +23,15 @@ Variant = Literal["fp32", "int8", "fp16"]
 PORTABLE_FILE = "model.onnx"  # standard ONNX operators only: TensorRT and other runtimes read this one
 FUSED_FILE = "model.fused.onnx"  # ONNX Runtime's fused fp32 graph (contrib operators): the fp32 variant when present
 VARIANT_FILES: dict[str, str] = {"fp32": PORTABLE_FILE, "int8": "model.int8.onnx", "fp16": "model.fp16.onnx"}
-HISTORY_FILE = "training_history.json"  # written by the training stage beside the weights
+
+
+class OnnxModel(Artifact):
+    """The ``onnx_model`` folder: the graphs (``VARIANT_FILES``), the tokenizer, ``manifest.json`` (what is where,
+    how it embeds) and ``parity.json`` (every served variant measured against the checkpoint)."""
+
+    asset = "onnx_model"
+    marker = MANIFEST_FILE
+    PARITY: ClassVar[str] = "parity.json"
 
 
 class OnnxManifest(BaseModel):
@@ -148,12 +157,7 @@ def variant_path(folder: Path, manifest: OnnxManifest, variant: str) -> Path:
 
 def checkpoint_history(model_dir: Path) -> dict:
     """``training_history.json`` of a fine-tuned folder as a dict; ``{}`` when absent or unreadable."""
-    path = Path(model_dir) / HISTORY_FILE
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
+    return FinetunedModel(dir=model_dir).history_dict()
 
 
 def checkpoint_encoder_config(model_dir: Path) -> EncoderConfig | None:

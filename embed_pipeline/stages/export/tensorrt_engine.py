@@ -15,10 +15,12 @@ import logging
 import shutil
 import time
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 from pydantic import BaseModel, Field, model_validator
 
+from embed_pipeline.core.artifact import Artifact
 from embed_pipeline.core.artifacts import atomic_path, write_json
 from embed_pipeline.core.model_loading import check_remote_code, load_tokenizer
 from embed_pipeline.stages.export.graph_tail import GraphNode, tensorrt_fp32_layers
@@ -29,6 +31,15 @@ _log = logging.getLogger("embed_pipeline.export")
 ENGINE_FILE = "model.plan"
 ENGINE_MANIFEST = "engine.json"
 ENGINE_FORMAT_VERSION = 1
+
+
+class TensorRTEngine(Artifact):
+    """The ``tensorrt_engine`` folder: ``model.plan``, ``engine.json`` (its manifest) and ``parity.json`` (the
+    engine against the checkpoint, measured where the engine was built)."""
+
+    asset = "tensorrt_engine"
+    marker = ENGINE_MANIFEST
+    PARITY: ClassVar[str] = "parity.json"
 
 
 def tensorrt_unavailable_reason() -> str | None:

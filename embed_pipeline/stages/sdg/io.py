@@ -1,9 +1,12 @@
-"""Reading and writing the ``qa_pairs`` asset (shared by every generator).
+"""The ``qa_pairs`` artifact (shared by every generator) and the corpus it implies.
 
 Layout of the asset folder:
 
 - ``qa_pairs.jsonl``: one :class:`~embed_pipeline.core.records.QAPair` per line.
+- ``extra_chunks.jsonl``: passages imported pairs brought that the corpus lacks (empty for the other generators);
+  the corpus every later stage searches is the chunks plus these (:func:`corpus_passages`).
 - ``manifest.json``: counts by query type and generator, a quality histogram in 1-point bins, the mean score.
+- whatever a generator caches there (the LLM generator's ``llm_cache.sqlite``).
 """
 
 from __future__ import annotations
@@ -11,12 +14,36 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
+from typing import ClassVar
 
+from embed_pipeline.core.artifact import Artifact
 from embed_pipeline.core.artifacts import read_jsonl, write_json, write_jsonl
-from embed_pipeline.core.records import QAPair
+from embed_pipeline.core.records import Chunk, QAPair
+from embed_pipeline.stages.chunking import Chunks
 
-QA_PAIRS_FILE = "qa_pairs.jsonl"
-MANIFEST_FILE = "manifest.json"
+
+class QAPairs(Artifact):
+    asset = "qa_pairs"
+    marker = "qa_pairs.jsonl"
+    EXTRA_CHUNKS: ClassVar[str] = "extra_chunks.jsonl"
+    MANIFEST: ClassVar[str] = "manifest.json"
+
+    def read(self) -> list[QAPair]:
+        return read_jsonl(self.file(self.marker), QAPair)
+
+    def extra_chunks(self) -> list[Chunk]:
+        path = self.file(self.EXTRA_CHUNKS)
+        return read_jsonl(path, Chunk) if path.exists() else []
+
+
+# Kept for the callers that name the files of this folder.
+QA_PAIRS_FILE = QAPairs.marker
+MANIFEST_FILE = QAPairs.MANIFEST
+
+
+def corpus_passages(chunks: Chunks, qa_pairs: QAPairs) -> list[Chunk]:
+    """The corpus every stage after ``qa_pairs`` searches: the chunks plus the passages imported pairs added."""
+    return chunks.read() + qa_pairs.extra_chunks()
 
 
 def _bin_label(score: float) -> str:
@@ -41,9 +68,10 @@ def qa_manifest(pairs: Sequence[QAPair]) -> dict:
     }
 
 
-def write_qa_pairs(pairs: Sequence[QAPair], out_dir: Path) -> dict:
-    """Write ``qa_pairs.jsonl`` and ``manifest.json`` into ``out_dir`` (atomically); returns the manifest."""
-    out_dir = Path(out_dir)
+def write_qa_pairs(pairs: Sequence[QAPair], out_dir: Path, extra_chunks: Sequence[Chunk] = ()) -> dict:
+    """Write ``qa_pairs.jsonl``, ``extra_chunks.jsonl`` and ``manifest.json`` into ``out_dir`` (atomically);
+    returns the manifest. ``extra_chunks.jsonl`` is always written, so a stale import never leaks into a new run."""
+    out = QAPairs(dir=out_dir)
     ids = Counter(p.query_id for p in pairs)
     duplicates = sorted(q for q, n in ids.items() if n > 1)
     if duplicates:
@@ -51,12 +79,13 @@ def write_qa_pairs(pairs: Sequence[QAPair], out_dir: Path) -> dict:
             f"Cannot write qa_pairs to {out_dir}: duplicate query ids {duplicates[:5]} "
             f"({len(duplicates)} in all). Each generator must give every query a unique id."
         )
-    write_jsonl(out_dir / QA_PAIRS_FILE, pairs)
+    write_jsonl(out.file(QAPairs.EXTRA_CHUNKS), extra_chunks)
     manifest = qa_manifest(pairs)
-    write_json(out_dir / MANIFEST_FILE, manifest)
+    write_json(out.file(QAPairs.MANIFEST), manifest)
+    write_jsonl(out.file(QAPairs.marker), pairs)
     return manifest
 
 
 def read_qa_pairs(out_dir: Path) -> list[QAPair]:
     """The pairs written by :func:`write_qa_pairs`."""
-    return read_jsonl(Path(out_dir) / QA_PAIRS_FILE, QAPair)
+    return QAPairs(dir=out_dir).read()

@@ -32,6 +32,7 @@ from pydantic import BaseModel
 from embed_pipeline.core.artifacts import write_text
 from embed_pipeline.stages.serving.service import (
     DeployError,
+    EmbeddingService,
     ServiceInfo,
     log_tail,
     probe_ready,
@@ -43,7 +44,7 @@ from embed_pipeline.stages.serving.settings import API_KEY_ENV
 _log = logging.getLogger("embed_pipeline.serving.local")
 
 SERVER_MODULE = "embed_pipeline.stages.serving.server"
-SERVICE_FILE = "service.json"
+SERVICE_FILE = EmbeddingService.marker
 KEEP_LOGS = 5
 
 

@@ -17,10 +17,20 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from embed_pipeline.core.artifact import Artifact
+
 ReadyOutcome = Literal["ready", "exited", "timeout"]
 
 # Health probes go straight to the service: a proxy from the environment must not intercept loopback calls.
 _opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+class EmbeddingService(Artifact):
+    """The ``embedding_service`` folder: ``service.json`` (the deployed service's :class:`ServiceInfo`) and, for a
+    local service, its log files."""
+
+    asset = "embedding_service"
+    marker = "service.json"
 
 
 class DeployError(RuntimeError):

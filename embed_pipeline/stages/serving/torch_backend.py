@@ -7,7 +7,6 @@ has one (see :func:`encoder_config_for_folder`).
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -15,15 +14,9 @@ import numpy as np
 import torch
 
 from embed_pipeline.core.encoder import Encoder, EncoderConfig
+from embed_pipeline.stages.finetuned_model import FinetunedModel
 
 _log = logging.getLogger("embed_pipeline.serving")
-
-
-def _read_json(path: Path) -> dict | list | None:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
 
 
 def encoder_config_for_folder(folder: str | Path) -> EncoderConfig:
@@ -36,8 +29,8 @@ def encoder_config_for_folder(folder: str | Path) -> EncoderConfig:
     the same way, so serving a folder with ``--backend torch`` and serving its export give the same vectors.
     """
     folder = Path(folder)
-    history = _read_json(folder / "training_history.json")
-    if isinstance(history, dict) and isinstance(history.get("encoder_config"), dict):
+    history = FinetunedModel(dir=folder).history_dict()
+    if isinstance(history.get("encoder_config"), dict):
         # Running the folder's own code is decided where it is served (--trust-remote-code), never by its files.
         return EncoderConfig(**(history["encoder_config"] | {"model": str(folder), "trust_remote_code": False}))
     return EncoderConfig(model=str(folder))

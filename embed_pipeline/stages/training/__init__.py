@@ -7,7 +7,8 @@ schedule), ``distributed`` (torchrun data parallelism), ``loading`` (rows, seeds
 best checkpoint, early stopping), ``bookkeeping`` (step and epoch records, totals), ``resume`` (training state),
 ``reuse`` (a finished model reused when its inputs are unchanged), ``checkpoint`` (output folder), ``loop``
 (``finetune``, ``evaluate_loss``), ``launch`` (``run_finetune``: in-process or torchrun), ``lr_sweep`` (0.5x, 1x and
-2x the learning rate, the best on validation kept), ``cli`` (``python -m``).
+2x the learning rate, the best on validation kept), ``cli`` (``python -m``), ``stage`` (the typed stage unit the
+``finetuned_model`` asset and the container run: ``run_training``).
 """
 
 from embed_pipeline.stages.training.batching import (

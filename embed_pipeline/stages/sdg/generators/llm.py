@@ -1,0 +1,54 @@
+"""The LLM generator over an OpenAI-compatible endpoint: ``stages/sdg/llm/``. The API key is read from the
+environment (EMBED_LLM_API_KEY or NVIDIA_API_KEY) when it runs; it is never run config and never logged."""
+
+from __future__ import annotations
+
+import logging
+
+from pydantic import BaseModel
+
+from embed_pipeline.core.settings import Settings, get_settings
+from embed_pipeline.stages.sdg.generators.base import Generated, Generator, GeneratorInputs
+from embed_pipeline.stages.sdg.llm.config import LLMEndpointConfig, LLMGeneratorConfig
+from embed_pipeline.stages.sdg.llm.generator import generate_llm
+
+CACHE_FILE = "llm_cache.sqlite"  # in the qa_pairs folder: an unchanged chunk costs no request on the next run
+
+
+def _generate(inputs: GeneratorInputs, sections: dict[str, BaseModel], log: logging.Logger) -> Generated:
+    endpoint = sections["llm_endpoint"].model_copy(update={"api_key": get_settings().llm_api_key})
+    endpoint.require_key()
+    result = generate_llm(
+        inputs.chunks, sections["llm"], endpoint, inputs.encoder, cache_path=inputs.work_dir / CACHE_FILE, logger=log
+    )
+    stats = result.stats
+    return Generated(
+        pairs=result.pairs,
+        facts={
+            "llm_calls": stats.calls,
+            "llm_cache_hits": stats.cache_hits,
+            "tokens_in": stats.tokens_in,
+            "tokens_out": stats.tokens_out,
+            "retries": stats.retries,
+            "units": result.units,
+            "units_failed": result.units_failed,
+            "endpoint": endpoint.base_url,
+            "models": ", ".join(sorted({endpoint.model_for(r) for r in ("artifacts", "qa", "judge")})),
+        },
+        tables={"failures": result.failures or {"none": 0}, "judge_scores": result.judge_histogram},
+        table_keys={"judge_scores": "judge overall score"},
+    )
+
+
+def _defaults(settings: Settings) -> dict[str, dict]:
+    return {"llm_endpoint": LLMEndpointConfig.from_settings(settings).model_dump(exclude={"api_key"})}
+
+
+GENERATOR = Generator(
+    name="llm",
+    description="an OpenAI-compatible endpoint; key from EMBED_LLM_API_KEY or NVIDIA_API_KEY",
+    sections={"llm": LLMGeneratorConfig, "llm_endpoint": LLMEndpointConfig},
+    generate=_generate,
+    section_defaults=_defaults,
+    secrets={"llm_endpoint": frozenset({"api_key"})},
+)
