@@ -46,6 +46,8 @@ class Described:
     checks: list[dg.AssetCheckResult] = field(default_factory=list)
 
 
+STAGE_TAG = "embed_pipeline/stage"  # on each asset's op: the stage that computes it
+
 InputsHook = Callable[[StepContext], Mapping[str, Any]]
 ConfigHook = Callable[[StepContext], BaseModel]
 DescribeHook = Callable[[StepContext, Any], Described]
@@ -113,6 +115,7 @@ def stage_asset(
         required_resource_keys=needed,
         output_required=output_required,
         description=description,
+        op_tags={STAGE_TAG: stage.name},
     )
     if run_config is not None:
 
