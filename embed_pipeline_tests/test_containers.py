@@ -356,7 +356,7 @@ def test_build_resources_reads_the_compute_settings(tmp_path: Path, monkeypatch:
 def test_the_gpu_steps_share_the_gpu_pool_limited_to_one(tmp_path: Path):
     pools = {a.key.to_user_string(): a.op.pool for a in ASSETS}
     assert {name for name, pool in pools.items() if pool == GPU_POOL} == GPU_ASSETS
-    assert tensorrt_parity.op.pool == GPU_POOL
+    assert tensorrt_parity.op.pool is None  # it judges what the engine's GPU step measured: no GPU slot needed
     (tmp_path / "dagster.yaml").write_text((REPO / "dagster.yaml").read_text())
     instance = dg.DagsterInstance.from_config(str(tmp_path))
     config = instance.get_concurrency_config()

@@ -20,7 +20,7 @@ from embed_pipeline.defs.resources import PipelineStorage
 from embed_pipeline.defs.stage_asset import STAGE_TAG
 from embed_pipeline.stages.registry import STAGES, get_stage
 from embed_pipeline.stages.sdg.generators import registry as generator_registry
-from embed_pipeline.stages.sdg.generators.base import Generated, Generator
+from embed_pipeline.stages.sdg.generators.base import Generated, Generator, Section
 from embed_pipeline.stages.sdg.io import QAPairs
 from embed_pipeline.stages.sdg.stage import STAGE as QA_PAIRS_STAGE
 from embed_pipeline.stages.sdg.stage import QAPairsConfig
@@ -60,8 +60,9 @@ def test_each_asset_reads_exactly_what_its_stage_takes():
 
 def test_every_asset_has_one_artifact_class():
     assert set(ARTIFACT_TYPES) == {a.key.to_user_string() for a in ASSETS}
-    markers = [(cls.asset, cls.marker) for cls in ARTIFACT_TYPES.values()]
-    assert all(marker for _, marker in markers)
+    for cls in ARTIFACT_TYPES.values():  # the marker is a file inside the folder
+        marker = Path(cls.marker)
+        assert marker.parts and not marker.is_absolute() and ".." not in marker.parts, cls
 
 
 def test_a_stage_checks_what_it_is_given_and_what_it_returns():
@@ -79,9 +80,16 @@ def test_a_stage_checks_what_it_is_given_and_what_it_returns():
     assert stage.run_json({"inputs": {"n": 3}}, logging.getLogger("t")) == {"n": 3}
 
 
-def test_a_missing_upstream_says_which_asset_to_materialize(tmp_path: Path):
-    instance = dg.DagsterInstance.ephemeral()
-    instance.add_dynamic_partitions("corpus", ["c"])
+@pytest.fixture
+def instance():
+    """A temporary instance, current for the test (Dagster reads its definitions-state storage from the instance in
+    context, which must not be one an earlier test left behind)."""
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions("corpus", ["a", "b", "c"])
+        yield instance
+
+
+def test_a_missing_upstream_says_which_asset_to_materialize(tmp_path: Path, instance):
     upstream = dg.AssetSpec("documents", partitions_def=corpus_partitions).with_io_manager_key("storage")
     storage = PipelineStorage(corpora_dir=str(tmp_path), artifacts_dir=str(tmp_path / "artifacts"))
     with pytest.raises(MissingArtifactError) as err:
@@ -92,13 +100,11 @@ def test_a_missing_upstream_says_which_asset_to_materialize(tmp_path: Path):
     assert "materialize the upstream asset 'documents' for this corpus first" in message
 
 
-def test_the_io_manager_hands_the_upstream_handle_of_the_same_corpus(tmp_path: Path, sample_corpus: Path):
+def test_the_io_manager_hands_the_upstream_handle_of_the_same_corpus(tmp_path: Path, sample_corpus: Path, instance):
     """Materialized one by one, each asset receives the folder the previous run wrote, for its own partition."""
     corpora = tmp_path / "corpora"
     corpora.mkdir()
     (corpora / "c").symlink_to(sample_corpus, target_is_directory=True)
-    instance = dg.DagsterInstance.ephemeral()
-    instance.add_dynamic_partitions("corpus", ["c"])
     storage = PipelineStorage(corpora_dir=str(corpora), artifacts_dir=str(tmp_path / "artifacts"))
     [documents] = [a for a in ASSETS if a.key.to_user_string() == "documents"]
     first = dg.materialize([documents], partition_key="c", instance=instance, resources={"storage": storage})
@@ -138,7 +144,10 @@ class EchoConfig(BaseModel):
     prefix: str = "about"
 
 
-GENERATOR = Generator(name="echo", description="echo test", sections={"echo": EchoConfig}, generate=_echo)
+GENERATOR = Generator(
+    name="echo", description="echo test", sections={"echo": Section(EchoConfig, "Echo settings.", "EchoRunConfig")},
+    generate=_echo,
+)  # fmt: skip
 
 
 def test_a_new_generator_is_one_registry_entry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_model_dir):
@@ -158,3 +167,46 @@ def test_a_new_generator_is_one_registry_entry(tmp_path: Path, monkeypatch: pyte
     assert done.generated.facts == {"echoed": 1} and done.manifest["by_generator"] == {"echo/1": 1}
     with pytest.raises(ValueError, match="Unknown synthetic data generator 'nope'.*offline, llm, import, echo"):
         QA_PAIRS_STAGE(inputs, QAPairsConfig(generator="nope"), logging.getLogger("t"))
+    misspelt = QAPairsConfig(generator="echo", sections={"ecko": {"prefix": "x"}})
+    with pytest.raises(ValueError, match=r"Unknown generator settings section\(s\) \['ecko'\]"):
+        QA_PAIRS_STAGE(inputs, misspelt, logging.getLogger("t"))
+
+
+# ------------------------------------------------------------------------------------------ tensorrt_parity check
+
+
+def _engine_report(passed: bool) -> dict:
+    from embed_pipeline.stages.export.parity import PARITY_THRESHOLDS, CosineStats, ParityReport
+
+    cosine = CosineStats(n=4, min=0.9995 if passed else 0.98, mean=0.9998, p01=0.9995)
+    return ParityReport(
+        variant="tensorrt-fp16", model_dir="m", onnx_dir="e", providers=["TensorRT"], n_queries=2, n_passages=2,
+        n_texts=4, cosine={"all": cosine}, torch_metrics={"ndcg_at_10": 0.5}, onnx_metrics={"ndcg_at_10": 0.5},
+        metric_deltas={"ndcg_at_10": 0.0}, ndcg_at_10_delta=0.0, torch_seconds=1.0, onnx_seconds=1.0,
+        torch_texts_per_s=4.0, onnx_texts_per_s=4.0, thresholds=PARITY_THRESHOLDS["fp16"], passed=passed,
+        failures=[] if passed else ["min cosine 0.98 below 0.999"],
+    ).model_dump(mode="json")  # fmt: skip
+
+
+@pytest.mark.parametrize("passed", [True, False])
+def test_the_engine_check_judges_the_parity_of_its_own_corpus(tmp_path: Path, passed: bool, instance):
+    """The check reads the parity the engine's step measured where it had the GPU, for the run's corpus only."""
+    import json
+
+    from embed_pipeline.defs.assets.export import tensorrt_parity
+    from embed_pipeline.stages.export.tensorrt_engine import TensorRTEngine
+
+    @dg.asset(name="tensorrt_engine", partitions_def=corpus_partitions, io_manager_key="storage")
+    def stand_in(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+        engine = TensorRTEngine.at(tmp_path / "artifacts", context.partition_key)
+        engine.dir.mkdir(parents=True)
+        (engine.dir / TensorRTEngine.PARITY).write_text(json.dumps(_engine_report(passed)))
+        (engine.dir / TensorRTEngine.marker).write_text("{}")
+        return dg.MaterializeResult(value=engine)
+
+    storage = PipelineStorage(corpora_dir=str(tmp_path), artifacts_dir=str(tmp_path / "artifacts"))
+    result = dg.materialize([stand_in, tensorrt_parity], partition_key="b", instance=instance,
+                            resources={"storage": storage}, raise_on_error=False)  # fmt: skip
+    [evaluation] = result.get_asset_check_evaluations()
+    assert evaluation.passed is passed and evaluation.metadata["min_cosine"].value == (0.9995 if passed else 0.98)
+    assert not (tmp_path / "artifacts" / "a").exists()

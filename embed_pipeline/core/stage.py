@@ -10,6 +10,7 @@ See docs/architecture.md ("Stages").
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -60,7 +61,12 @@ class Stage(Generic[I, C, R]):
         """The stage from JSON (``{"inputs": ..., "config": ...}``) to JSON: what crosses a container boundary."""
         inputs = self.inputs.model_validate(payload.get("inputs", {}))
         config = self.config.model_validate(payload.get("config", {}))
-        return self(inputs, config, log).model_dump(mode="json")
+        result = self(inputs, config, log).model_dump(mode="json")
+        try:
+            json.dumps(result, allow_nan=True)
+        except (TypeError, ValueError) as exc:  # a stage bug: say which, rather than failing deep in a pipes writer
+            raise TypeError(f"Stage {self.name!r} returned a result that is not JSON: {exc}") from exc
+        return result
 
     def payload(self, inputs: I, config: C) -> dict[str, Any]:
         """What :meth:`run_json` takes: the inputs and config as JSON."""

@@ -261,6 +261,10 @@ def _failure_message(image: str, stage: str, reader: ContainerLogReader, exc: Ex
         "or give Docker more memory.",
         139: "\nExit code 139: a segmentation fault, often a CUDA driver too old for the image's CUDA.",
     }.get(code, "")
+    if any("extra" in line.lower() and ("params" in line or "payload" in line) for line in lines):
+        hint += (  # an image built from another version of this code asks for extras under other names
+            f"\nThe image's embed_pipeline does not match this code: rebuild it (docker build -t {image} .)."
+        )
     tail = "\n".join(f"  {line}" for line in reader.tail) or "  (no output)"
     return (
         f"Stage {stage!r} failed in a container of image {image!r} ({what}){summary}{hint}\n"

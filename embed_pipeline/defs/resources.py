@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from embed_pipeline.core.artifact import Artifact
 from embed_pipeline.core.artifacts import asset_dir, validate_corpus_name
@@ -95,12 +95,19 @@ class BaseEncoder(_BaseEncoderFields):
         return EncoderConfig(**values)
 
 
-# Field for field the stage's DeployTarget, so the Launchpad shows every field with its description.
-ServingTarget = run_config_for(DeployTarget, "ServingTarget", base=dg.ConfigurableResource)
-
-
 def deploy_target(serving: dg.ConfigurableResource) -> DeployTarget:
     return DeployTarget.model_validate({name: getattr(serving, name) for name in DeployTarget.model_fields})
+
+
+class ServingTarget(run_config_for(DeployTarget, "_ServingFields", base=dg.ConfigurableResource)):
+    """Where ``embedding_service`` deploys the exported model, and how clients reach it: field for field the stage's
+    ``DeployTarget``, checked by its rules when the code location loads (a bad port fails at once, not after the
+    whole pipeline has run)."""
+
+    @model_validator(mode="after")
+    def _valid(self) -> ServingTarget:
+        deploy_target(self)
+        return self
 
 
 def _shared_volumes(settings: Settings, corpora_dir: str, artifacts_dir: str) -> list[str]:

@@ -51,12 +51,7 @@ class _ForwardToPipes(logging.Handler):
 
 def run_payload(stage: str, payload: dict, log: logging.Logger) -> dict:
     """Run ``stage`` on its JSON ``payload``; its result as JSON (checked to be JSON, as crossing to Dagster needs)."""
-    result = get_stage(stage).run_json(payload, log)
-    try:
-        json.dumps(result, allow_nan=True)
-    except (TypeError, ValueError) as exc:  # a stage bug: say which, rather than failing deep in the pipes writer
-        raise TypeError(f"Stage {stage!r} returned a result that is not JSON: {exc}") from exc
-    return result
+    return get_stage(stage).run_json(payload, log)
 
 
 def _stage_logger() -> logging.Logger:
@@ -83,8 +78,8 @@ def run_by_hand(argv: list[str]) -> int:
     """The manual path: ``STAGE --params params.json [--out result.json]``."""
     parser = argparse.ArgumentParser(
         prog="python -m embed_pipeline.stages.container_entry",
-        description="Run one GPU stage of the pipeline. Launched by Dagster it reads its stage and params from "
-        "Dagster Pipes; by hand, give them here.",
+        description="Run one stage of the pipeline (the GPU ones run here in docker mode). Launched by Dagster it "
+        "reads its stage and payload from Dagster Pipes; by hand, give them here.",
     )
     parser.add_argument("stage", choices=sorted(STAGES), help="The stage to run.")
     parser.add_argument(

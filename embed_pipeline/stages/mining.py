@@ -281,9 +281,10 @@ def run_mining(inputs: MiningInputs, config: MiningConfig, log: logging.Logger) 
             f"No training queries in {inputs.qa_splits.dir}: add documents or lower quality_threshold in qa_splits."
         )
     result = mine_hard_negatives(pairs, chunks, test_docs, Encoder(inputs.encoder), config, log)
-    manifest = write_training_examples(result, inputs.out.dir)
-    # Checkpoint selection retrieves the val queries over the mining corpus (never a test passage).
+    # Checkpoint selection retrieves the val queries over the mining corpus (never a test passage). Written before
+    # the rows, whose train.jsonl marks the folder complete.
     write_val_retrieval(pairs["val"], chunks, test_docs, inputs.out.dir)
+    manifest = write_training_examples(result, inputs.out.dir)
     # Read back what was written, so the leak check would catch a leak from any cause.
     test_chunks = {c.chunk_id for c in chunks if c.doc_id in test_docs}
     leaks = [

@@ -32,7 +32,7 @@ from typing import ClassVar
 
 from pydantic import BaseModel, Field, model_validator
 
-from embed_pipeline.core.artifact import Artifact
+from embed_pipeline.core.artifact import Artifact, MissingArtifactError
 from embed_pipeline.core.artifacts import read_json, read_jsonl, write_json, write_jsonl
 from embed_pipeline.core.records import QAPair
 from embed_pipeline.core.stage import Stage
@@ -210,7 +210,10 @@ class QASplits(Artifact):
         return self.file(f"{split}.jsonl")
 
     def pairs(self, split: str) -> list[QAPair]:
-        return read_jsonl(self.split_file(split), QAPair)
+        path = self.split_file(split)
+        if not path.is_file():
+            raise MissingArtifactError(f"{path} does not exist: re-materialize qa_splits for this corpus.")
+        return read_jsonl(path, QAPair)
 
     def doc_splits(self) -> dict[str, str]:
         return read_json(self.file(self.marker))

@@ -8,8 +8,8 @@ export stops ``embedding_service`` from deploying it.
 import dagster as dg
 
 from embed_pipeline.core.artifacts import read_json
-from embed_pipeline.defs.compute import GPU_POOL
 from embed_pipeline.defs.config import run_config_for
+from embed_pipeline.defs.partitions import corpus_partitions
 from embed_pipeline.defs.stage_asset import Described, StepContext, stage_asset
 from embed_pipeline.stages.export.onnx_export import OnnxExportConfig
 from embed_pipeline.stages.export.parity import ParityReport
@@ -185,11 +185,17 @@ tensorrt_engine = stage_asset(
     asset=tensorrt_engine,
     blocking=True,
     description="The engine vs PyTorch on every eval-set text: min cosine and nDCG@10 within the fp16 thresholds.",
-    pool=GPU_POOL,
+    partitions_def=corpus_partitions,  # the check reads the engine of its own corpus, not every corpus's
 )
 def tensorrt_parity(tensorrt_engine: TensorRTEngine) -> dg.AssetCheckResult:
-    """Judges the parity the tensorrt_engine stage measured on the GPU it built the engine on."""
-    report = ParityReport.model_validate(read_json(tensorrt_engine.file(TensorRTEngine.PARITY)))
+    """Judges the parity the tensorrt_engine stage measured on the GPU it built the engine on (no GPU needed)."""
+    path = tensorrt_engine.file(TensorRTEngine.PARITY)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} does not exist: the engine's parity is measured when it is built. Re-materialize "
+            "tensorrt_engine for this corpus."
+        )
+    report = ParityReport.model_validate(read_json(path))
     return dg.AssetCheckResult(
         passed=report.passed,
         metadata={

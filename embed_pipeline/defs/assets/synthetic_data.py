@@ -19,23 +19,23 @@ from embed_pipeline.stages.sdg.stage import QAPairsConfig, QAPairsOutput
 _settings = get_settings()
 
 
-def _camel(name: str) -> str:
-    return "".join(part.capitalize() for part in name.split("_"))
-
-
 def _sections() -> dict[str, tuple[type[dg.Config], str]]:
     """Run-config section name -> (its dagster Config, its description), over every registered generator."""
     out: dict[str, tuple[type[dg.Config], str]] = {}
     for generator in all_generators():
         defaults = generator.section_defaults(_settings)
-        for section, model in generator.sections.items():
+        for name, section in generator.sections.items():
             # Secrets (the API key) are never run config: run config is stored with the run.
             run_config = run_config_for(
-                model, f"{_camel(section)}RunConfig", exclude=generator.secrets.get(section, frozenset()),
-                **defaults.get(section, {}),
+                section.model, section.config_name, exclude=generator.secrets.get(name, frozenset()),
+                **defaults.get(name, {}),
             )  # fmt: skip
-            out[section] = (run_config, f"Settings of the '{generator.name}' generator ({generator.description}).")
+            out[name] = (run_config, section.description)
     return out
+
+
+def _choices(items: list[str]) -> str:
+    return ", ".join(items[:-1]) + " or " + items[-1] if len(items) > 1 else "".join(items)
 
 
 SECTIONS = _sections()
@@ -46,8 +46,7 @@ QAPairsRunConfig = create_model(
         str,
         Field(
             _settings.sdg_generator,
-            description="Which generator: "
-            + "; ".join(f"'{g.name}' ({g.description})" for g in all_generators())
+            description=_choices([f"'{g.name}' ({g.description})" for g in all_generators()])
             + ". Default from EMBED_SDG_GENERATOR.",
         ),
     ),

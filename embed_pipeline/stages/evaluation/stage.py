@@ -36,7 +36,7 @@ from embed_pipeline.stages.evaluation.slices import SliceRow, slice_rows, slice_
 from embed_pipeline.stages.evaluation.tables import comparison_table, dimension_table
 from embed_pipeline.stages.finetuned_model import FinetunedModel
 from embed_pipeline.stages.model_card import write_model_card
-from embed_pipeline.stages.sdg.io import QAPairs
+from embed_pipeline.stages.sdg.io import QAPairs, corpus_passages
 
 _log = logging.getLogger("embed_pipeline.evaluation")
 
@@ -211,15 +211,20 @@ def run_retrieval_metrics(
     out_dir: Path,
     logger: logging.Logger | None = None,
     chunk_files: list[Path] | None = None,
+    passages: list[Chunk] | None = None,
 ) -> RetrievalMetricsResult:
     """Evaluate the base then the fine-tuned encoder; write ``metrics.json``, ``per_query.json`` and ``table.md``.
 
-    ``chunk_files`` (JSONL of chunks) is the corpus real queries (``config.eval_queries``) are searched against.
+    ``passages`` (or, read from them, ``chunk_files``: JSONL of chunks) is the corpus real queries
+    (``config.eval_queries``) are searched against.
     """
     log = logger or _log
     data = load_beir(Path(eval_dir))
     ks = config.k_values
-    chunks = read_chunks(chunk_files or []) if config.eval_queries else []
+    if passages is not None:
+        chunks = passages
+    else:
+        chunks = read_chunks(chunk_files or []) if config.eval_queries else []
     real = load_real_queries(config.eval_queries, chunks) if config.eval_queries else None
     log.info(f"retrieval metrics: {len(data.queries)} queries, {len(data.corpus)} passages, k={ks}")
     warnings: list[str] = []
@@ -302,6 +307,7 @@ def run_retrieval_metrics(
             "real": {q: {r: scores[r].real[q] for r in scores} for q in real.qrels} if real else None,
         },
     )
+    write_text(result.table_path, result.report())
     write_json(
         metrics_path,
         {
@@ -309,7 +315,6 @@ def run_retrieval_metrics(
             "models": {"base": base.model, "finetuned": finetuned.model},
         },
     )
-    write_text(result.table_path, result.report())
     log.info(gate.description)
     return result
 
@@ -328,7 +333,6 @@ def run_metrics_stage(
     inputs: RetrievalMetricsInputs, config: RetrievalMetricsConfig, log: logging.Logger
 ) -> RetrievalMetricsResult:
     """Base vs fine-tuned on the eval set (and real queries), then the metrics into the fine-tuned model's card."""
-    extra = inputs.qa_pairs.file(QAPairs.EXTRA_CHUNKS)
     result = run_retrieval_metrics(
         inputs.eval_set.dir,
         inputs.base,
@@ -336,7 +340,7 @@ def run_metrics_stage(
         config,
         inputs.out.dir,
         logger=log,
-        chunk_files=[inputs.chunks.file(Chunks.marker), *([extra] if extra.exists() else [])],
+        passages=corpus_passages(inputs.chunks, inputs.qa_pairs) if config.eval_queries else None,
     )
     # The card travels with the weights (e.g. to the Hugging Face Hub), so it carries the measured gain.
     write_model_card(inputs.finetuned_model.dir, metrics_markdown=result.report())

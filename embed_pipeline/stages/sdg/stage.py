@@ -12,7 +12,7 @@ from embed_pipeline.core.settings import get_settings
 from embed_pipeline.core.stage import Stage
 from embed_pipeline.stages.chunking import Chunks
 from embed_pipeline.stages.sdg.generators.base import Generated, GeneratorInputs
-from embed_pipeline.stages.sdg.generators.registry import generator_names, get_generator
+from embed_pipeline.stages.sdg.generators.registry import all_generators, generator_names, get_generator
 from embed_pipeline.stages.sdg.io import QAPairs, write_qa_pairs
 
 
@@ -44,7 +44,12 @@ class QAPairsOutput(BaseModel):
 def run_qa_pairs(inputs: QAPairsInputs, config: QAPairsConfig, log: logging.Logger) -> QAPairsOutput:
     start = time.perf_counter()
     generator = get_generator(config.generator)
-    sections = {name: model.model_validate(config.sections.get(name, {})) for name, model in generator.sections.items()}
+    known = {name for g in all_generators() for name in g.sections}
+    if unknown := sorted(set(config.sections) - known):  # a misspelt section would silently fall back to defaults
+        raise ValueError(
+            f"Unknown generator settings section(s) {unknown}: the sections are {', '.join(sorted(known))}."
+        )
+    sections = {name: s.model.model_validate(config.sections.get(name, {})) for name, s in generator.sections.items()}
     chunks = inputs.chunks.read()
     inputs.out.dir.mkdir(parents=True, exist_ok=True)
     generated = generator.generate(

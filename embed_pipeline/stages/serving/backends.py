@@ -18,6 +18,8 @@ import numpy as np
 
 from embed_pipeline.core.encoder import EncoderConfig
 from embed_pipeline.core.settings import resolve_model_path
+from embed_pipeline.stages.export.manifest import OnnxModel
+from embed_pipeline.stages.finetuned_model import FinetunedModel
 
 BackendKind = Literal["onnx", "torch"]
 
@@ -53,9 +55,9 @@ def detect_backend(model_path: str | Path) -> BackendKind:
         path = Path(resolved)
     if not path.is_dir():
         raise ValueError(f"Model path {path} is a file; point --model at the folder that holds it.")
-    if (path / "manifest.json").is_file() and any(path.glob("*.onnx")):
+    if OnnxModel(dir=path).exists() and any(path.glob("*.onnx")):
         return "onnx"
-    if (path / "config.json").is_file():
+    if FinetunedModel(dir=path).exists():  # any Hugging Face model folder (config.json)
         return "torch"
     raise ValueError(
         f"{path} is neither an ONNX export (manifest.json + model.onnx) nor a Hugging Face model folder "

@@ -12,8 +12,8 @@ from pathlib import Path
 from embed_pipeline.core.encoder import EncoderConfig
 from embed_pipeline.core.reuse import inputs_fingerprint
 from embed_pipeline.core.settings import resolve_model_path
-from embed_pipeline.stages.model_card import HISTORY_FILE
-from embed_pipeline.stages.training.config import TrainingConfig, TrainingHistory, TrainResult
+from embed_pipeline.stages.finetuned_model import FinetunedModel
+from embed_pipeline.stages.training.config import TrainingConfig, TrainResult
 from embed_pipeline.stages.training.resume import run_fingerprint
 
 
@@ -29,17 +29,18 @@ def input_fingerprint(
     return inputs_fingerprint(
         [train_path, val_path, base if base.is_dir() else None, val_retrieval],
         run_fingerprint(train_path, val_path, encoder_config, config, val_retrieval),
-        ignore={"README.md", HISTORY_FILE},
+        ignore={FinetunedModel.CARD, FinetunedModel.HISTORY},
     )
 
 
 def reusable_result(out_dir: Path, fingerprint: str, log: logging.Logger) -> TrainResult | None:
     """The model already in ``out_dir`` when it was trained on exactly these inputs (else None)."""
+    model = FinetunedModel(dir=out_dir)
     try:
-        history = TrainingHistory.model_validate_json((out_dir / HISTORY_FILE).read_text(encoding="utf-8"))
+        history = model.history()
     except (OSError, ValueError):
         return None
-    if not history.finished or history.input_fingerprint != fingerprint or not (out_dir / "config.json").is_file():
+    if not history.finished or history.input_fingerprint != fingerprint or not model.exists():
         return None
     if history.best_epoch is None or not history.epochs:
         return None

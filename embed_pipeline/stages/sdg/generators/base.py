@@ -44,14 +44,23 @@ class Generated(BaseModel):
 
 
 @dataclass(frozen=True)
+class Section:
+    """One run-config section a generator reads: its model, what the Launchpad says of it, its config type name."""
+
+    model: type[BaseModel]
+    description: str
+    config_name: str
+
+
+@dataclass(frozen=True)
 class Generator:
-    """``sections``: the run-config sections it reads. ``section_defaults``: defaults taken from the environment
-    (EMBED_*) for those sections, by section. ``secrets``: fields of a section that are never run config (the
-    generator reads them from the environment itself)."""
+    """``sections``: the run-config sections it reads, by field name. ``section_defaults``: defaults taken from the
+    environment (EMBED_*) for those sections, by section. ``secrets``: fields of a section that are never run config
+    (the generator reads them from the environment itself)."""
 
     name: str
     description: str
-    sections: dict[str, type[BaseModel]]
+    sections: dict[str, Section]
     generate: Callable[[GeneratorInputs, dict[str, BaseModel], logging.Logger], Generated]
     section_defaults: Callable[[Settings], dict[str, dict]] = lambda settings: {}
     secrets: dict[str, frozenset[str]] = field(default_factory=dict)

@@ -7,7 +7,7 @@ import logging
 from pydantic import BaseModel
 
 from embed_pipeline.core.settings import Settings
-from embed_pipeline.stages.sdg.generators.base import Generated, Generator, GeneratorInputs
+from embed_pipeline.stages.sdg.generators.base import Generated, Generator, GeneratorInputs, Section
 from embed_pipeline.stages.sdg.importer import ImportConfig, import_pairs
 
 
@@ -29,7 +29,11 @@ def _defaults(settings: Settings) -> dict[str, dict]:
 GENERATOR = Generator(
     name="import",
     description="your own pairs",
-    sections={"import_pairs": ImportConfig},
+    sections={
+        "import_pairs": Section(
+            ImportConfig, "Pairs to import (EMBED_IMPORT_PATH) when generator is 'import'.", "ImportRunConfig"
+        )
+    },
     generate=_generate,
     section_defaults=_defaults,
 )

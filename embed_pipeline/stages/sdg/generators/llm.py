@@ -8,7 +8,7 @@ import logging
 from pydantic import BaseModel
 
 from embed_pipeline.core.settings import Settings, get_settings
-from embed_pipeline.stages.sdg.generators.base import Generated, Generator, GeneratorInputs
+from embed_pipeline.stages.sdg.generators.base import Generated, Generator, GeneratorInputs, Section
 from embed_pipeline.stages.sdg.llm.config import LLMEndpointConfig, LLMGeneratorConfig
 from embed_pipeline.stages.sdg.llm.generator import generate_llm
 
@@ -47,7 +47,14 @@ def _defaults(settings: Settings) -> dict[str, dict]:
 GENERATOR = Generator(
     name="llm",
     description="an OpenAI-compatible endpoint; key from EMBED_LLM_API_KEY or NVIDIA_API_KEY",
-    sections={"llm": LLMGeneratorConfig, "llm_endpoint": LLMEndpointConfig},
+    sections={
+        "llm": Section(LLMGeneratorConfig, "LLM generator: pairs, artifacts, bundling.", "LLMRunConfig"),
+        "llm_endpoint": Section(
+            LLMEndpointConfig,
+            "LLM endpoint and models (defaults from EMBED_LLM_*); the API key is read from the environment.",
+            "LLMEndpointRunConfig",
+        ),
+    },
     generate=_generate,
     section_defaults=_defaults,
     secrets={"llm_endpoint": frozenset({"api_key"})},

@@ -6,7 +6,7 @@ import logging
 
 from pydantic import BaseModel
 
-from embed_pipeline.stages.sdg.generators.base import Generated, Generator, GeneratorInputs
+from embed_pipeline.stages.sdg.generators.base import Generated, Generator, GeneratorInputs, Section
 from embed_pipeline.stages.sdg.offline import OfflineGeneratorConfig, generate_offline
 
 
@@ -17,6 +17,6 @@ def _generate(inputs: GeneratorInputs, sections: dict[str, BaseModel], log: logg
 GENERATOR = Generator(
     name="offline",
     description="LLM-free: inverse cloze + salient-term keyword queries",
-    sections={"offline": OfflineGeneratorConfig},
+    sections={"offline": Section(OfflineGeneratorConfig, "LLM-free generator settings.", "OfflineRunConfig")},
     generate=_generate,
 )
