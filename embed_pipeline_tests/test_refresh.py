@@ -88,3 +88,10 @@ def _refresh_twice(stack: ExitStack, tmp_path: Path, sample_corpus: Path, tiny_m
         [model] = second.asset_materializations_for_node("finetuned_model")
         assert model.metadata["reused"].value is True  # same training bytes and config: not retrained
         assert weights.stat().st_mtime_ns == trained_at
+        # The base model's vectors of the unchanged corpus were computed once: mining encoded nothing this time.
+        [mined_first] = first.asset_materializations_for_node("training_examples")
+        [mined] = second.asset_materializations_for_node("training_examples")
+        assert mined_first.metadata["embedding_cache_misses"].value > 0
+        assert mined.metadata["embedding_cache_misses"].value == 0
+        looked_up = sum(mined_first.metadata[f"embedding_cache_{k}"].value for k in ("hits", "misses"))
+        assert mined.metadata["embedding_cache_hits"].value == looked_up

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, Field
 
+from embed_pipeline.core.embedding_cache import EmbeddingCache, model_fingerprint, text_key, vector_space
 from embed_pipeline.core.model_loading import (
     ENV_VAR,
     RemoteCodeRefused,
@@ -160,6 +161,25 @@ class Encoder:
         self.model.to(self.device)
         self.model.eval()
         self.model_path = path
+        self.cache: EmbeddingCache | None = None
+        self._fingerprint = ""
+
+    def use_cache(self, cache: EmbeddingCache | None) -> Encoder:
+        """Read and write ``encode``'s vectors through ``cache`` (never training's ``embed_texts``: the weights move
+        there). The model's files are fingerprinted, so a changed model never meets another's vectors."""
+        self.cache = cache
+        if cache is not None:
+            self._fingerprint = model_fingerprint(self.model_path)
+        return self
+
+    def _space(self, kind: TextKind) -> str:
+        c = self.config
+        length = c.query_max_length if kind == "query" else c.passage_max_length
+        prefix = c.query_prefix if kind == "query" else c.passage_prefix
+        return vector_space(
+            self._fingerprint, kind=kind, prefix=prefix, max_length=length, pooling=c.pooling,
+            normalize=c.normalize, dtype=c.dtype,
+        )  # fmt: skip
 
     def _load_model(self, path: str, trust: bool, overrides: dict[str, object]) -> tuple[torch.nn.Module, str]:
         """The model in the configured dtype with the first attention implementation it accepts."""
@@ -255,11 +275,23 @@ class Encoder:
         self.model.eval()
 
         def fill(unique: list[str], out: np.ndarray) -> None:
-            progress = Progress(label or f"encode {kind}s", len(unique), logger, unit="texts")
-            for idx in self.batches(unique, kind, max_texts=batch_size):
-                emb = self.embed(self.tokenize([unique[i] for i in idx], kind))
-                out[idx] = emb.float().cpu().numpy()
+            todo = list(range(len(unique)))
+            if self.cache is not None:  # only the texts this model has not embedded before are encoded
+                keys = [text_key(t) for t in unique]
+                found = self.cache.get(self._space(kind), keys, self.dimension)
+                todo = [i for i, key in enumerate(keys) if key not in found]
+                for i, key in enumerate(keys):
+                    if key in found:
+                        out[i] = found[key]
+            texts = [unique[i] for i in todo]
+            rows = np.asarray(todo, dtype=np.int64)
+            progress = Progress(label or f"encode {kind}s", len(texts), logger, unit="texts")
+            for idx in self.batches(texts, kind, max_texts=batch_size) if texts else []:
+                emb = self.embed(self.tokenize([texts[i] for i in idx], kind))
+                out[rows[idx]] = emb.float().cpu().numpy()
                 progress.update(len(idx))
+            if self.cache is not None and todo:
+                self.cache.put(self._space(kind), {keys[i]: out[i] for i in todo})
 
         try:
             return encode_unique(texts, self.dimension, fill)

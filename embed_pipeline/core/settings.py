@@ -81,6 +81,11 @@ class Settings(BaseSettings):
     )
     compute_network: str | None = Field(None, description="Docker network of the containers (None: Docker's default).")
     compute_shm_size: str = Field("8g", description="Shared memory per container (PyTorch data loading, NCCL).")
+    embedding_cache: bool = Field(
+        True,
+        description="Keep the vectors mining, evaluation and the parity check compute, per corpus, so a refresh "
+        "encodes only new or edited texts (<artifacts>/<corpus>/_cache/embeddings.sqlite).",
+    )
 
 
 def get_settings() -> Settings:

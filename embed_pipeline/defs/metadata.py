@@ -28,3 +28,8 @@ def counts_table(counts: dict[str, object], key: str = "key", value: str = "coun
 
 def path_value(path: Path) -> dg.MetadataValue:
     return dg.MetadataValue.path(str(path))
+
+
+def cache_metadata(stats: dict[str, int]) -> dict[str, int]:
+    """``embedding_cache_hits`` / ``_misses`` / ``_writes``: vectors reused from earlier runs vs encoded now."""
+    return {f"embedding_cache_{key}": value for key, value in stats.items() if key != "evicted" or value}

@@ -25,6 +25,8 @@ from embed_pipeline.defs.compute import ComputeTarget
 from embed_pipeline.defs.config import run_config_for
 from embed_pipeline.stages.serving.stage import DeployTarget
 
+CACHE_DIR = "_cache"  # beside the asset folders of a corpus: what several assets reuse across runs
+
 
 class PipelineStorage(dg.ConfigurableIOManager):
     """Folders of the pipeline, and the IO manager of every asset: an asset's value is its artifact handle
@@ -33,6 +35,19 @@ class PipelineStorage(dg.ConfigurableIOManager):
 
     corpora_dir: str = Field(description="Folder whose subfolders are corpora (EMBED_CORPORA_DIR).")
     artifacts_dir: str = Field(description="Where assets write, laid out <corpus>/<asset>/ (EMBED_ARTIFACTS_DIR).")
+    embedding_cache: bool = Field(
+        True,
+        description="Keep computed vectors per corpus (<corpus>/_cache/embeddings.sqlite), so a refresh encodes only "
+        "new or edited texts with a model it has used before (EMBED_EMBEDDING_CACHE).",
+    )
+
+    def embedding_cache_path(self, corpus: str) -> Path | None:
+        """The corpus's embedding cache, or None when it is turned off."""
+        return (
+            asset_dir(Path(self.artifacts_dir), corpus, CACHE_DIR) / "embeddings.sqlite"
+            if self.embedding_cache
+            else None
+        )
 
     def corpus_dir(self, corpus: str) -> Path:
         return Path(self.corpora_dir) / validate_corpus_name(corpus)
@@ -123,7 +138,9 @@ def build_resources(settings: Settings) -> dict[str, dg.ConfigurableResource]:
     corpora_dir = str(settings.corpora_dir.expanduser().resolve())
     artifacts_dir = str(settings.artifacts_dir.expanduser().resolve())
     return {
-        "storage": PipelineStorage(corpora_dir=corpora_dir, artifacts_dir=artifacts_dir),
+        "storage": PipelineStorage(
+            corpora_dir=corpora_dir, artifacts_dir=artifacts_dir, embedding_cache=settings.embedding_cache
+        ),
         "base_encoder": BaseEncoder(model=settings.base_model, trust_remote_code=settings.trust_remote_code),
         "serving": ServingTarget(
             mode=settings.serve_mode,

@@ -84,7 +84,10 @@ def stage_asset(
         corpus = context.partition_key
         storage = context.resources.storage
         step = StepContext(context, corpus, context.resources, upstream, storage.artifact(key, corpus), run_cfg)
-        stage_inputs = stage.inputs(**upstream, out=step.out, **(inputs(step) if inputs else {}))
+        extra = dict(inputs(step)) if inputs else {}
+        if "embedding_cache" in stage.inputs.model_fields:  # every stage that encodes with a fixed model reuses
+            extra.setdefault("embedding_cache", storage.embedding_cache_path(corpus))
+        stage_inputs = stage.inputs(**upstream, out=step.out, **extra)
         if config is not None:
             stage_config = config(step)
         elif run_cfg is not None:

@@ -27,6 +27,7 @@ from pydantic import BaseModel, Field
 
 from embed_pipeline.core.artifact import Artifact
 from embed_pipeline.core.artifacts import read_jsonl, write_json, write_jsonl
+from embed_pipeline.core.embedding_cache import EmbeddingCache
 from embed_pipeline.core.encoder import Encoder, EncoderConfig
 from embed_pipeline.core.records import Chunk, QAPair, TrainingExample, strip_extract
 from embed_pipeline.core.stage import Stage
@@ -252,6 +253,9 @@ class MiningInputs(BaseModel):
     qa_pairs: QAPairs = Field(description="Its extra passages (imported pairs) belong to the mining corpus.")
     qa_splits: QASplits
     encoder: EncoderConfig = Field(description="The base model that mines.")
+    embedding_cache: Path | None = Field(
+        None, description="The corpus's embedding cache (vectors by model, settings and text); None: encode all."
+    )
     out: TrainingExamples
 
 
@@ -269,6 +273,7 @@ class MiningOutput(BaseModel):
     sample: list[MinedSample]
     test_passages: int = Field(description="Passages of test documents (never in a training row).")
     rows_with_test_passages: list[str] = Field(description="Query ids of written rows touching a test passage.")
+    embedding_cache: dict[str, int] = Field(default_factory=dict, description="Cache hits, misses, writes.")
 
 
 def run_mining(inputs: MiningInputs, config: MiningConfig, log: logging.Logger) -> MiningOutput:
@@ -280,7 +285,8 @@ def run_mining(inputs: MiningInputs, config: MiningConfig, log: logging.Logger) 
         raise ValueError(
             f"No training queries in {inputs.qa_splits.dir}: add documents or lower quality_threshold in qa_splits."
         )
-    result = mine_hard_negatives(pairs, chunks, test_docs, Encoder(inputs.encoder), config, log)
+    cache = EmbeddingCache(inputs.embedding_cache) if inputs.embedding_cache else None
+    result = mine_hard_negatives(pairs, chunks, test_docs, Encoder(inputs.encoder).use_cache(cache), config, log)
     # Checkpoint selection retrieves the val queries over the mining corpus (never a test passage). Written before
     # the rows, whose train.jsonl marks the folder complete.
     write_val_retrieval(pairs["val"], chunks, test_docs, inputs.out.dir)
@@ -305,6 +311,7 @@ def run_mining(inputs: MiningInputs, config: MiningConfig, log: logging.Logger) 
         ],
         test_passages=len(test_chunks),
         rows_with_test_passages=leaks,
+        embedding_cache=cache.stats() if cache else {},
     )
 
 

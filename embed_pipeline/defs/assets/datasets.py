@@ -3,7 +3,7 @@
 import dagster as dg
 
 from embed_pipeline.defs.config import run_config_for
-from embed_pipeline.defs.metadata import sample_table
+from embed_pipeline.defs.metadata import cache_metadata, sample_table
 from embed_pipeline.defs.stage_asset import Described, StepContext, stage_asset
 from embed_pipeline.stages.eval_set import EvalSetOutput
 from embed_pipeline.stages.mining import MiningConfig, MiningOutput
@@ -65,6 +65,7 @@ def _describe_mining(step: StepContext, done: MiningOutput) -> Described:
             "excluded_test_passages": manifest["excluded_test_passages"],
             "manifest": dg.MetadataValue.json(manifest),
             "sample": sample_table([s.model_dump() for s in done.sample], ["query", "positive", "hardest_negative"]),
+            **cache_metadata(done.embedding_cache),
         },
         [
             dg.AssetCheckResult(

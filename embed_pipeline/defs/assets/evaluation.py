@@ -6,7 +6,7 @@ from pydantic import Field
 
 from embed_pipeline.core.settings import get_settings
 from embed_pipeline.defs.config import run_config_for
-from embed_pipeline.defs.metadata import sample_table
+from embed_pipeline.defs.metadata import cache_metadata, sample_table
 from embed_pipeline.defs.plots import delta_intervals, metrics_bars
 from embed_pipeline.defs.stage_asset import Described, StepContext, stage_asset
 from embed_pipeline.stages.evaluation import RetrievalMetricsConfig, RetrievalMetricsResult
@@ -80,6 +80,7 @@ def _describe(step: StepContext, result: RetrievalMetricsResult) -> Described:
         **interval_metadata("", result.intervals),
         "gate": dg.MetadataValue.md(result.gate.description.replace("\n", "\n\n")),
         "warnings": dg.MetadataValue.md("\n".join(f"- {w}" for w in result.warnings) or "none"),
+        **cache_metadata(result.embedding_cache),
         "num_queries": result.num_queries,
         "num_corpus": result.num_corpus,
         "seconds_base": round(result.seconds.get("base", 0.0), 2),

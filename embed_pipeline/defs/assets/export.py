@@ -9,6 +9,7 @@ import dagster as dg
 
 from embed_pipeline.core.artifacts import read_json
 from embed_pipeline.defs.config import run_config_for
+from embed_pipeline.defs.metadata import cache_metadata
 from embed_pipeline.defs.partitions import corpus_partitions
 from embed_pipeline.defs.stage_asset import Described, StepContext, stage_asset
 from embed_pipeline.stages.export.onnx_export import OnnxExportConfig
@@ -34,10 +35,12 @@ def parity_table(reports: dict[str, ParityReport], dropped: dict[str, str] | Non
             else "-"
         )
         verdict = "yes" if r.passed else ("no: **dropped**" if variant in (dropped or {}) else "**no**")
+        # PyTorch vectors from the embedding cache were not computed now: their speed would be the cache's.
+        torch_speed = "cached" if r.torch_from_cache >= r.n_texts else f"{r.torch_texts_per_s:.0f}"
         lines.append(
             f"| {variant} | {r.cosine['all'].min:.6f} | {r.cosine['all'].mean:.6f} | "
             f"{r.torch_metrics['ndcg_at_10']:.4f} | {r.onnx_metrics['ndcg_at_10']:.4f} | {r.ndcg_at_10_delta:+.4f} | "
-            f"{r.thresholds.max_ndcg_at_10_delta} | {ci} | {r.torch_texts_per_s:.0f} → {r.onnx_texts_per_s:.0f} | "
+            f"{r.thresholds.max_ndcg_at_10_delta} | {ci} | {torch_speed} → {r.onnx_texts_per_s:.0f} | "
             f"{verdict} |"
         )
     return "\n".join(lines) + "\n"
@@ -103,6 +106,7 @@ def _describe_onnx(step: StepContext, done: OnnxOutput) -> Described:
             "max_length": result.max_length,
             "attention": result.attention,
             "export_seconds": round(result.seconds, 2),
+            **cache_metadata(done.embedding_cache),
         },
         [_parity_check(variant, reports, dropped) for variant in ("fp32", "int8")],
     )

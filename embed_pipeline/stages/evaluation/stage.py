@@ -22,6 +22,7 @@ from pydantic import BaseModel, Field, field_validator
 
 from embed_pipeline.core.artifact import Artifact
 from embed_pipeline.core.artifacts import read_json, read_jsonl, write_json, write_text
+from embed_pipeline.core.embedding_cache import EmbeddingCache
 from embed_pipeline.core.encoder import Encoder, EncoderConfig
 from embed_pipeline.core.records import Chunk
 from embed_pipeline.core.stage import Stage
@@ -121,6 +122,7 @@ class RetrievalMetricsResult(BaseModel):
     dimension_table: str | None = Field(None, description="Markdown table of the per-dimension metrics.")
     metrics_path: Path
     table_path: Path
+    embedding_cache: dict[str, int] = Field(default_factory=dict, description="Cache hits, misses, writes.")
 
     def report(self) -> str:
         """Every table, for people (table.md, the model card)."""
@@ -152,10 +154,11 @@ def _score_model(
     dimensions: list[int] | None,
     real: RealQueries | None,
     chunks: list[Chunk],
+    cache: EmbeddingCache | None = None,
 ) -> tuple[ModelScores, float, int]:
     """Per-query scores, seconds and embedding dimension of one model; its memory is released before returning."""
     start = time.perf_counter()
-    encoder = Encoder(config)
+    encoder = Encoder(config).use_cache(cache)
     dimension = encoder.dimension
     try:
         scores = score_encoder(
@@ -212,6 +215,7 @@ def run_retrieval_metrics(
     logger: logging.Logger | None = None,
     chunk_files: list[Path] | None = None,
     passages: list[Chunk] | None = None,
+    cache: EmbeddingCache | None = None,
 ) -> RetrievalMetricsResult:
     """Evaluate the base then the fine-tuned encoder; write ``metrics.json``, ``per_query.json`` and ``table.md``.
 
@@ -249,7 +253,7 @@ def run_retrieval_metrics(
     dimension = 0
     for role, enc_config in (("base", base), ("finetuned", finetuned)):
         log.info(f"evaluating {role} encoder {enc_config.model!r}")
-        scores[role], seconds[role], dimension = _score_model(enc_config, data, config, log, dims, real, chunks)
+        scores[role], seconds[role], dimension = _score_model(enc_config, data, config, log, dims, real, chunks, cache)
         log.info(f"{role} encoder done in {seconds[role]:.1f}s")
 
     bootstrap = config.bootstrap()
@@ -299,6 +303,7 @@ def run_retrieval_metrics(
         dimension_table=dim_table,
         metrics_path=metrics_path,
         table_path=out.file(RetrievalMetrics.TABLE),
+        embedding_cache=cache.stats() if cache else {},
     )
     write_json(
         out.file(RetrievalMetrics.PER_QUERY),
@@ -326,6 +331,9 @@ class RetrievalMetricsInputs(BaseModel):
     qa_pairs: QAPairs
     base: EncoderConfig
     finetuned: EncoderConfig = Field(description="The fine-tuned folder, embedding the way the base model does.")
+    embedding_cache: Path | None = Field(
+        None, description="The corpus's embedding cache (vectors by model, settings and text); None: encode all."
+    )
     out: RetrievalMetrics
 
 
@@ -341,6 +349,7 @@ def run_metrics_stage(
         inputs.out.dir,
         logger=log,
         passages=corpus_passages(inputs.chunks, inputs.qa_pairs) if config.eval_queries else None,
+        cache=EmbeddingCache(inputs.embedding_cache) if inputs.embedding_cache else None,
     )
     # The card travels with the weights (e.g. to the Hugging Face Hub), so it carries the measured gain.
     write_model_card(inputs.finetuned_model.dir, metrics_markdown=result.report())

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel, Field
 
+from embed_pipeline.core.embedding_cache import EmbeddingCache
 from embed_pipeline.core.encoder import Encoder
 from embed_pipeline.stages.evaluation import (
     BeirData,
@@ -95,6 +96,9 @@ class ParityReport(BaseModel):
     thresholds: ParityThreshold
     passed: bool
     failures: list[str]
+    torch_from_cache: int = Field(
+        0, description="PyTorch vectors read from the embedding cache (its texts/s then measures the cache too)."
+    )
 
 
 def _encode(encoder, data: BeirData, batch_size: int | None, log: logging.Logger, name: str):
@@ -229,8 +233,10 @@ def check_parity_variants(
     batch_size: int | None = None,
     providers: list[str] | None = None,
     trust_remote_code: bool = False,
+    cache: EmbeddingCache | None = None,
 ) -> dict[str, ParityReport]:
-    """:func:`check_parity` for several variants, encoding the eval set with the checkpoint once for all."""
+    """:func:`check_parity` for several variants, encoding the eval set with the checkpoint once for all (its
+    vectors from ``cache`` where the checkpoint embedded the same texts before, e.g. in retrieval_metrics)."""
     log = logger or _log
     unknown = [v for v in variants if v not in PARITY_THRESHOLDS]
     if unknown:
@@ -250,8 +256,10 @@ def check_parity_variants(
                 )
 
     log.info(f"parity {', '.join(variants)}: {len(data.queries)} queries, {len(data.corpus)} passages")
-    torch_encoder = Encoder(config)
+    torch_encoder = Encoder(config).use_cache(cache)
+    before = cache.hits if cache else 0
     reference = _encode(torch_encoder, data, batch_size, log, "PyTorch")
+    from_cache = (cache.hits - before) if cache else 0
     del torch_encoder
     gc.collect()
     reports: dict[str, ParityReport] = {}
@@ -261,7 +269,7 @@ def check_parity_variants(
         report = compare(
             data, ks, reference, candidate, variant, PARITY_THRESHOLDS[variant],
             str(model_dir), str(onnx_dir), onnx_encoder.providers, failures,
-        )  # fmt: skip
+        ).model_copy(update={"torch_from_cache": from_cache})  # fmt: skip
         del onnx_encoder
         log.info(
             f"parity {variant}: min cosine {report.cosine['all'].min:.6f}, nDCG@10 delta "

@@ -7,10 +7,12 @@ Both measure parity where they run (the engine needs the GPU it was built on), w
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from pydantic import BaseModel, Field
 
 from embed_pipeline.core.artifacts import write_json
+from embed_pipeline.core.embedding_cache import EmbeddingCache
 from embed_pipeline.core.stage import Stage
 from embed_pipeline.stages.evaluation.beir import EvalSet
 from embed_pipeline.stages.export.manifest import OnnxModel, drop_variants
@@ -25,6 +27,9 @@ class OnnxInputs(BaseModel):
     eval_set: EvalSet
     served_variant: str = Field("fp32", description="What the service will load: never dropped from the export.")
     trust_remote_code: bool = Field(False, description="The user's opt-in: a custom-code checkpoint runs to export.")
+    embedding_cache: Path | None = Field(
+        None, description="The corpus's embedding cache: the checkpoint's eval-set vectors from retrieval_metrics."
+    )
     out: OnnxModel
 
 
@@ -32,6 +37,7 @@ class OnnxOutput(BaseModel):
     export: OnnxExportResult
     parity: dict[str, ParityReport]
     dropped: dict[str, str] = Field(description="Variants dropped from the export for failing parity, and why.")
+    embedding_cache: dict[str, int] = Field(default_factory=dict, description="Cache hits, misses, writes.")
 
 
 def run_onnx_export(inputs: OnnxInputs, config: OnnxExportConfig, log: logging.Logger) -> OnnxOutput:
@@ -44,8 +50,9 @@ def run_onnx_export(inputs: OnnxInputs, config: OnnxExportConfig, log: logging.L
     result = onnx_export.export_onnx(model_dir, out, config, logger=log, trust_remote_code=trust)
     variants = [v for v in result.files if v in parity.PARITY_THRESHOLDS]  # fp32, int8, fp16 (not the portable graph)
     # The checkpoint encodes the eval set once for all variants.
+    cache = EmbeddingCache(inputs.embedding_cache) if inputs.embedding_cache else None
     measured = parity.check_parity_variants(
-        model_dir, out, inputs.eval_set.dir, variants, logger=log, trust_remote_code=trust
+        model_dir, out, inputs.eval_set.dir, variants, logger=log, trust_remote_code=trust, cache=cache
     )
     write_json(inputs.out.file(OnnxModel.PARITY), {v: r.model_dump(mode="json") for v, r in measured.items()})
     dropped = {
@@ -57,7 +64,7 @@ def run_onnx_export(inputs: OnnxInputs, config: OnnxExportConfig, log: logging.L
         drop_variants(out, dropped)
         for variant, why in dropped.items():
             log.warning(f"variant {variant} dropped from the export (it is not served): {why}")
-    return OnnxOutput(export=result, parity=measured, dropped=dropped)
+    return OnnxOutput(export=result, parity=measured, dropped=dropped, embedding_cache=cache.stats() if cache else {})
 
 
 class TensorRTInputs(BaseModel):

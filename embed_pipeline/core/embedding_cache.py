@@ -1,0 +1,136 @@
+"""Vectors already computed, on disk: a refresh encodes only the texts it has not seen with the same model.
+
+Content-addressed: a vector is keyed by the text's sha256 and its *space*, a hash of everything that shapes it:
+the model's fingerprint (the bytes of its weights, configuration and tokenizer files, so a fine-tuned model written
+to the same folder is a new space and nothing stale is reused), the kind (query or passage), the prefix, the max
+length, the pooling, normalisation and dtype. One SQLite file per corpus (WAL journal, so concurrent runs read while
+one writes; each write is one transaction, so a killed run leaves whole rows only), bounded by ``max_rows``: the
+rows least recently used go first. Not for a network filesystem (SQLite's locking is not reliable there).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+from embed_pipeline.core.reuse import file_sha256
+
+# Files that do not change the vectors a model folder gives (rewritten after training, or documentation).
+_NOT_MODEL = {"README.md", "training_history.json"}
+_fingerprints: dict[tuple[str, float, int], str] = {}
+_fingerprint_lock = threading.Lock()
+
+
+def model_fingerprint(model_path: str | Path) -> str:
+    """sha256 over a model folder's files (relative path and content), cached per folder state in this process."""
+    root = Path(model_path)
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.name not in _NOT_MODEL and ".cache" not in p.parts)
+    if not files:
+        raise FileNotFoundError(f"{root} holds no model files to fingerprint.")
+    state = (str(root.resolve()), max(p.stat().st_mtime for p in files), sum(p.stat().st_size for p in files))
+    with _fingerprint_lock:
+        if state in _fingerprints:
+            return _fingerprints[state]
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f"{f.relative_to(root)}\n{file_sha256(f)}\n".encode())
+    digest = h.hexdigest()
+    with _fingerprint_lock:
+        _fingerprints[state] = digest
+    return digest
+
+
+def text_key(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def vector_space(fingerprint: str, **settings: object) -> str:
+    """The space of vectors made by the model ``fingerprint`` with ``settings`` (kind, prefix, max length, ...)."""
+    return hashlib.sha256(json.dumps({"model": fingerprint, **settings}, sort_keys=True).encode()).hexdigest()
+
+
+class EmbeddingCache:
+    """Vectors by (space, text sha256) in one SQLite file; ``hits``, ``misses`` and ``writes`` count this handle's
+    traffic (what the asset's metadata shows)."""
+
+    def __init__(self, path: Path | str, max_rows: int = 5_000_000) -> None:
+        self.path = Path(path)
+        self.max_rows = max_rows
+        self.hits = self.misses = self.writes = self.evicted = 0
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self._connect() as db:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS vectors (space TEXT NOT NULL, text_sha256 TEXT NOT NULL, "
+                "vector BLOB NOT NULL, used REAL NOT NULL, PRIMARY KEY (space, text_sha256)) WITHOUT ROWID"
+            )
+            db.execute("CREATE INDEX IF NOT EXISTS vectors_used ON vectors (used)")
+
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        # Autocommit, with explicit transactions; a writer waits up to two minutes for another run's transaction.
+        db = sqlite3.connect(self.path, timeout=120, isolation_level=None)
+        try:
+            yield db
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        finally:
+            db.close()
+
+    def get(self, space: str, keys: Sequence[str], dimension: int) -> dict[str, np.ndarray]:
+        """The cached vectors of ``keys`` in ``space`` (absent keys are left out); marks them used."""
+        found: dict[str, np.ndarray] = {}
+        now = time.time()
+        with self._connect() as db:
+            for start in range(0, len(keys), 500):
+                part = list(keys[start : start + 500])
+                marks = ",".join("?" * len(part))
+                rows = db.execute(
+                    f"SELECT text_sha256, vector FROM vectors WHERE space = ? AND text_sha256 IN ({marks})",
+                    [space, *part],
+                ).fetchall()
+                for key, blob in rows:
+                    vector = np.frombuffer(blob, dtype=np.float32)
+                    if vector.shape[0] == dimension:  # a different width is not this model's vector
+                        found[key] = vector
+                if rows:
+                    db.execute(
+                        f"UPDATE vectors SET used = ? WHERE space = ? AND text_sha256 IN ({marks})", [now, space, *part]
+                    )
+        self.hits += len(found)
+        self.misses += len(keys) - len(found)
+        return found
+
+    def put(self, space: str, vectors: dict[str, np.ndarray]) -> None:
+        """Store ``vectors`` in one transaction, then drop the least recently used rows beyond ``max_rows``."""
+        if not vectors:
+            return
+        now = time.time()
+        rows = [(space, key, np.asarray(v, dtype=np.float32).tobytes(), now) for key, v in vectors.items()]
+        with self._connect() as db:
+            db.execute("BEGIN IMMEDIATE")
+            db.executemany("INSERT OR REPLACE INTO vectors VALUES (?, ?, ?, ?)", rows)
+            (count,) = db.execute("SELECT COUNT(*) FROM vectors").fetchone()
+            if count > self.max_rows:
+                excess = count - self.max_rows
+                db.execute(
+                    "DELETE FROM vectors WHERE (space, text_sha256) IN "
+                    "(SELECT space, text_sha256 FROM vectors ORDER BY used LIMIT ?)",
+                    (excess,),
+                )
+                self.evicted += excess
+            db.execute("COMMIT")
+        self.writes += len(rows)
+
+    def stats(self) -> dict[str, int]:
+        return {"hits": self.hits, "misses": self.misses, "writes": self.writes, "evicted": self.evicted}

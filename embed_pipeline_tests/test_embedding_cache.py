@@ -1,0 +1,90 @@
+"""The embedding cache: vectors reused only for the same model bytes, settings and text; bounded; shared safely."""
+
+import multiprocessing
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from embed_pipeline.core.embedding_cache import EmbeddingCache, model_fingerprint, text_key, vector_space
+from embed_pipeline.core.encoder import Encoder, EncoderConfig
+from embed_pipeline_tests.conftest import build_tiny_encoder
+
+TEXTS = ["the cat sat on the mat", "a dog barked", "the cat sat on the mat", "rain fell all night"]
+
+
+def test_an_unchanged_model_encodes_each_text_once_ever(tiny_model_dir: Path, tmp_path: Path):
+    cache = EmbeddingCache(tmp_path / "cache.sqlite")
+    encoder = Encoder(EncoderConfig(model=str(tiny_model_dir))).use_cache(cache)
+    first = encoder.encode(TEXTS, "passage")
+    assert cache.stats() == {"hits": 0, "misses": 3, "writes": 3, "evicted": 0}  # 3 distinct texts
+    # Another process later (a new handle on the same file): the same vectors, nothing encoded but the new text.
+    again = EmbeddingCache(tmp_path / "cache.sqlite")
+    second = Encoder(EncoderConfig(model=str(tiny_model_dir))).use_cache(again).encode([*TEXTS, "new text"], "passage")
+    assert again.stats() == {"hits": 3, "misses": 1, "writes": 1, "evicted": 0}
+    np.testing.assert_array_equal(second[:4], first)
+    uncached = Encoder(EncoderConfig(model=str(tiny_model_dir))).encode(TEXTS, "passage")
+    np.testing.assert_allclose(first, uncached, atol=1e-6)
+    # A query is another space (prefix, length), and so is a different passage prefix.
+    encoder.encode(TEXTS[:1], "query")
+    Encoder(EncoderConfig(model=str(tiny_model_dir), passage_prefix="doc: ")).use_cache(cache).encode(
+        TEXTS[:1], "passage"
+    )
+    assert cache.stats()["hits"] == 0 and cache.stats()["misses"] == 5
+
+
+def test_a_model_rewritten_in_the_same_folder_is_a_new_space(tmp_path: Path):
+    """A fine-tuned model is saved to the same folder on every retrain: its vectors must never be reused."""
+    folder = build_tiny_encoder(tmp_path / "model", seed=0)
+    cache = EmbeddingCache(tmp_path / "cache.sqlite")
+    before = model_fingerprint(folder)
+    old = Encoder(EncoderConfig(model=str(folder))).use_cache(cache).encode(TEXTS, "passage")
+    shutil.rmtree(folder)
+    build_tiny_encoder(folder, seed=1)
+    assert model_fingerprint(folder) != before
+    (folder / "README.md").write_text("a model card rewritten later does not change the vectors")
+    fresh = EmbeddingCache(tmp_path / "cache.sqlite")
+    new = Encoder(EncoderConfig(model=str(folder))).use_cache(fresh).encode(TEXTS, "passage")
+    assert fresh.stats()["hits"] == 0 and not np.allclose(old, new)
+
+
+def test_the_cache_is_bounded_least_recently_used_first(tmp_path: Path):
+    cache = EmbeddingCache(tmp_path / "cache.sqlite", max_rows=3)
+    space = vector_space("m", kind="passage")
+    vectors = {text_key(str(i)): np.full(4, i, dtype=np.float32) for i in range(3)}
+    cache.put(space, vectors)
+    cache.get(space, [text_key("0")], 4)  # 0 is used again: 1 is now the least recently used
+    cache.put(space, {text_key("3"): np.full(4, 3, dtype=np.float32)})
+    left = cache.get(space, [text_key(str(i)) for i in range(4)], 4)
+    assert sorted(left) == sorted(text_key(str(i)) for i in (0, 2, 3)) and cache.evicted == 1
+    assert cache.get(space, [text_key("0")], 8) == {}  # a vector of another width is not this model's
+
+
+def _write_many(path: str, worker: int) -> None:
+    cache = EmbeddingCache(path)
+    space = vector_space("m", kind="passage")
+    for batch in range(20):
+        cache.put(space, {text_key(f"{worker}-{batch}-{i}"): np.full(8, worker, np.float32) for i in range(25)})
+
+
+def test_concurrent_runs_share_one_cache(tmp_path: Path):
+    path = str(tmp_path / "cache.sqlite")
+    EmbeddingCache(path)
+    context = multiprocessing.get_context("spawn")
+    workers = [context.Process(target=_write_many, args=(path, w)) for w in range(3)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(timeout=120)
+    assert [w.exitcode for w in workers] == [0, 0, 0]
+    cache = EmbeddingCache(path)
+    keys = [text_key(f"{w}-{b}-{i}") for w in range(3) for b in range(20) for i in range(25)]
+    found = cache.get(vector_space("m", kind="passage"), keys, 8)
+    assert len(found) == 1500 and all(found[text_key(f"2-0-{i}")][0] == 2 for i in range(25))
+
+
+def test_a_model_folder_without_files_cannot_be_fingerprinted(tmp_path: Path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="holds no model files"):
+        model_fingerprint(tmp_path / "empty")
