@@ -377,3 +377,32 @@ def test_parity_checks_block_only_what_is_served(exported, trained_dir: Path, ev
     served = _parity_check("int8", {"int8": report}, {})
     assert not served.passed and served.severity == dg.AssetCheckSeverity.ERROR  # blocks
     assert "no: **dropped**" in parity_table({"int8": report}, {"int8": "x"})
+
+
+def test_an_unchanged_checkpoint_keeps_its_export(trained_dir: Path, eval_set: Path, tmp_path: Path) -> None:
+    """A refresh that did not retrain re-exports nothing: same checkpoint bytes, eval set and settings."""
+    import logging
+
+    from embed_pipeline.stages.export.stage import ONNX_STAGE
+
+    log = logging.getLogger("test")
+    out, model = tmp_path / "onnx_model", tmp_path / "model"
+    shutil.copytree(trained_dir, model)
+    inputs = {"finetuned_model": {"dir": str(model)}, "eval_set": {"dir": str(eval_set)}, "out": {"dir": str(out)},
+              "embedding_cache": str(tmp_path / "cache" / "embeddings.sqlite")}  # fmt: skip
+    first = ONNX_STAGE.run_json({"inputs": inputs, "config": {"int8": False}}, log)
+    graph = out / "model.onnx"
+    written = graph.stat().st_mtime_ns
+    (model / "README.md").write_text("a model card rendered later\n")  # the card does not make another model
+    second = ONNX_STAGE.run_json({"inputs": inputs, "config": {"int8": False}}, log)
+    assert not first["reused"] and second["reused"] and graph.stat().st_mtime_ns == written
+    assert second["export"] == first["export"]
+    # The parity is measured again (the eval set may have grown), from the cache: both sides' vectors are reused.
+    again, before = second["parity"]["fp32"], first["parity"]["fp32"]
+    assert {k: again[k] for k in ("cosine", "torch_metrics", "onnx_metrics", "passed")} == {
+        k: before[k] for k in ("cosine", "torch_metrics", "onnx_metrics", "passed")
+    }
+    assert before["onnx_from_cache"] == 0 and again["onnx_from_cache"] > 0 and again["torch_from_cache"] > 0
+    assert second["embedding_cache"]["misses"] == 0
+    third = ONNX_STAGE.run_json({"inputs": inputs, "config": {"int8": True}}, log)  # other settings: exported again
+    assert not third["reused"] and "int8" in third["parity"]

@@ -95,3 +95,76 @@ def _refresh_twice(stack: ExitStack, tmp_path: Path, sample_corpus: Path, tiny_m
         assert mined.metadata["embedding_cache_misses"].value == 0
         looked_up = sum(mined_first.metadata[f"embedding_cache_{k}"].value for k in ("hits", "misses"))
         assert mined.metadata["embedding_cache_hits"].value == looked_up
+
+
+NEW_DOCUMENT = """# Context variables
+
+The contextvars module provides APIs to manage, store, and access context-local state. A ContextVar object holds a
+value that is local to the current context, so concurrent asyncio tasks see their own values.
+
+Use the copy_context function to capture the current context. The run method of a Context executes a callable in
+that context, and the changes the callable makes to context variables stay inside the copied context.
+"""
+
+
+def _test_document_name() -> str:
+    """A new document name the split hash puts in the test split (small corpora: the top 20% of the hash)."""
+    from embed_pipeline.stages.splits import _unit_hash
+
+    return next(name for i in range(1000) if _unit_hash(42, name := f"added_{i}.md") >= 0.8)
+
+
+def test_a_refresh_with_a_new_document_keeps_the_frozen_set_and_the_history(
+    tmp_path: Path, sample_corpus: Path, tiny_model_dir: Path
+):
+    from embed_pipeline.defs.assets.evaluation import retrieval_metrics
+
+    corpora, artifacts = tmp_path / "corpora", tmp_path / "artifacts"
+    corpora.mkdir()
+    (corpora / "docs").symlink_to(sample_corpus, target_is_directory=True)
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions("corpus", ["docs"])
+
+        def run() -> dg.ExecuteInProcessResult:
+            result = dg.materialize(
+                [*ASSETS, retrieval_metrics],
+                partition_key="docs",
+                instance=instance,
+                resources={
+                    "storage": PipelineStorage(corpora_dir=str(corpora), artifacts_dir=str(artifacts)),
+                    "base_encoder": BaseEncoder(model=str(tiny_model_dir), query_max_length=64, passage_max_length=64),
+                    "compute": ComputeTarget(),
+                },
+                run_config={
+                    "ops": {
+                        "qa_splits": {"config": {"quality_threshold": 0.0}},
+                        "finetuned_model": {"config": {"num_epochs": 1, "learning_rate": 1e-3}},
+                        "retrieval_metrics": {"config": {"block_on_regression": False}},
+                    }
+                },
+            )
+            assert result.success
+            return result
+
+        def meta(result: dg.ExecuteInProcessResult, asset: str) -> dict:
+            [mat] = result.asset_materializations_for_node(asset)
+            return {k: v.value for k, v in mat.metadata.items()}
+
+        first = run()
+        (sample_corpus / _test_document_name()).write_text(NEW_DOCUMENT)
+        second = run()
+
+    # Only the new document's chunks got queries; every earlier one kept its own.
+    chunks_before = meta(first, "chunks")["num_chunks"]
+    assert meta(second, "qa_pairs")["chunks_reused"] == chunks_before
+    assert meta(second, "qa_pairs")["chunks_generated"] == meta(second, "chunks")["num_chunks"] - chunks_before > 0
+    # The new document went to test: mining saw no new text, so the base model encoded nothing.
+    mined = meta(second, "training_examples")
+    assert mined["embedding_cache_misses"] == 0 and mined["embedding_cache_hits"] > 0
+    # The frozen set is the first run's test queries; the current set also holds the new document's.
+    before, after = meta(first, "retrieval_metrics"), meta(second, "retrieval_metrics")
+    assert after["frozen_num_queries"] == before["num_queries"] < after["num_queries"]
+    assert "95% CI of Δ" in after["frozen_metrics_table"] and after["frozen_since"] == before["frozen_since"]
+    history = [line for line in after["ndcg_history"].splitlines() if line.startswith("| ") and "measured" not in line]
+    assert len(history) == 2 and after["ndcg_history_plot"].startswith("![nDCG@10 across runs](data:image/png")
+    assert meta(second, "eval_set")["num_frozen_queries"] == before["num_queries"]

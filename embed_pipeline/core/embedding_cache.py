@@ -15,7 +15,7 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -134,3 +134,26 @@ class EmbeddingCache:
 
     def stats(self) -> dict[str, int]:
         return {"hits": self.hits, "misses": self.misses, "writes": self.writes, "evicted": self.evicted}
+
+
+Fill = Callable[[list[str], np.ndarray], None]
+
+
+def through_cache(cache: EmbeddingCache, space: str, dimension: int, fill: Fill) -> Fill:
+    """``fill`` (an encoder's: distinct texts -> their vectors written into ``out``) for the texts ``cache`` lacks
+    in ``space`` only; the rest are read from it, and what was computed is stored."""
+
+    def cached(unique: list[str], out: np.ndarray) -> None:
+        keys = [text_key(t) for t in unique]
+        found = cache.get(space, keys, dimension)
+        todo = [i for i, key in enumerate(keys) if key not in found]
+        for i, key in enumerate(keys):
+            if key in found:
+                out[i] = found[key]
+        if todo:
+            computed = np.empty((len(todo), dimension), dtype=np.float32)
+            fill([unique[i] for i in todo], computed)
+            out[todo] = computed
+            cache.put(space, {keys[i]: computed[row] for row, i in enumerate(todo)})
+
+    return cached

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, Field
 
-from embed_pipeline.core.embedding_cache import EmbeddingCache, model_fingerprint, text_key, vector_space
+from embed_pipeline.core.embedding_cache import EmbeddingCache, model_fingerprint, through_cache, vector_space
 from embed_pipeline.core.model_loading import (
     ENV_VAR,
     RemoteCodeRefused,
@@ -275,24 +275,14 @@ class Encoder:
         self.model.eval()
 
         def fill(unique: list[str], out: np.ndarray) -> None:
-            todo = list(range(len(unique)))
-            if self.cache is not None:  # only the texts this model has not embedded before are encoded
-                keys = [text_key(t) for t in unique]
-                found = self.cache.get(self._space(kind), keys, self.dimension)
-                todo = [i for i, key in enumerate(keys) if key not in found]
-                for i, key in enumerate(keys):
-                    if key in found:
-                        out[i] = found[key]
-            texts = [unique[i] for i in todo]
-            rows = np.asarray(todo, dtype=np.int64)
-            progress = Progress(label or f"encode {kind}s", len(texts), logger, unit="texts")
-            for idx in self.batches(texts, kind, max_texts=batch_size) if texts else []:
-                emb = self.embed(self.tokenize([texts[i] for i in idx], kind))
-                out[rows[idx]] = emb.float().cpu().numpy()
+            progress = Progress(label or f"encode {kind}s", len(unique), logger, unit="texts")
+            for idx in self.batches(unique, kind, max_texts=batch_size):
+                emb = self.embed(self.tokenize([unique[i] for i in idx], kind))
+                out[idx] = emb.float().cpu().numpy()
                 progress.update(len(idx))
-            if self.cache is not None and todo:
-                self.cache.put(self._space(kind), {keys[i]: out[i] for i in todo})
 
+        if self.cache is not None:  # only the texts this model has not embedded before are encoded
+            fill = through_cache(self.cache, self._space(kind), self.dimension, fill)
         try:
             return encode_unique(texts, self.dimension, fill)
         finally:

@@ -24,6 +24,15 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def file_sha256_many(files: Iterable[Path], extra: str = "") -> str:
+    """sha256 over several files' names and contents (and ``extra``)."""
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f"{Path(f).name}\n{file_sha256(f)}\n".encode())
+    h.update(extra.encode())
+    return h.hexdigest()
+
+
 def _files_under(path: Path) -> list[Path]:
     path = Path(path)
     if path.is_file():

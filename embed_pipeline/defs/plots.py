@@ -87,3 +87,28 @@ def delta_intervals(sets: dict[str, dict]) -> dg.MetadataValue:
     ax.set_xlabel("fine-tuned minus base (95% interval)")
     ax.legend(loc="best")
     return _figure_md(fig, "changes with their intervals")
+
+
+def ndcg_history(rows: list[dict]) -> dg.MetadataValue:
+    """nDCG@10 of base and fine-tuned at every run, on the whole test set and on the frozen set."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = list(range(1, len(rows) + 1))
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for key, label, style in (
+        ("base_ndcg_at_10", "base, all test queries", "o--"),
+        ("finetuned_ndcg_at_10", "fine-tuned, all test queries", "o-"),
+        ("frozen_base_ndcg_at_10", "base, frozen set", "s--"),
+        ("frozen_finetuned_ndcg_at_10", "fine-tuned, frozen set", "s-"),
+    ):
+        points = [(run, row[key]) for run, row in zip(runs, rows, strict=True) if row.get(key) is not None]
+        if points:
+            ax.plot(*zip(*points, strict=True), style, label=label)
+    ax.set_xlabel("retrieval_metrics run")
+    ax.set_ylabel("nDCG@10")
+    ax.set_xticks(runs)
+    ax.legend(loc="best", fontsize=8)
+    return _figure_md(fig, "nDCG@10 across runs")

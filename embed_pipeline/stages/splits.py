@@ -73,6 +73,12 @@ class SplitConfig(BaseModel):
         "did not transfer to real queries in benchmarks/real_queries.py; [] trains on every kind.",
     )
 
+    def assignment_settings(self) -> dict:
+        """What decides which split a document is in: an earlier assignment is kept only while these are equal."""
+        return self.model_dump(
+            include={"train_ratio", "val_ratio", "test_ratio", "small_data_max_documents", "small_data_ratios", "seed"}
+        )
+
     @model_validator(mode="after")
     def _ratios_sum_to_one(self) -> SplitConfig:
         for name, ratios in (("train/val/test_ratio", self.ratios(False)), ("small_data_ratios", self.ratios(True))):
@@ -94,6 +100,7 @@ class SplitResult(BaseModel):
     warnings: list[str]
     num_eval_only_from_train: int = 0
     grown_test_documents: list[str] = []
+    kept_assignments: int = 0
 
 
 def _unit_hash(seed: int, doc_id: str) -> float:
@@ -143,11 +150,22 @@ def grow_test_split(
     return moved
 
 
-def split_pairs(pairs: list[QAPair], all_doc_ids: list[str], config: SplitConfig) -> SplitResult:
-    """Filter by quality and split by document; no document is ever in two splits."""
+def split_pairs(
+    pairs: list[QAPair], all_doc_ids: list[str], config: SplitConfig, previous: dict[str, str] | None = None
+) -> SplitResult:
+    """Filter by quality and split by document; no document is ever in two splits.
+
+    ``previous``: the assignment of an earlier run with the same split settings. Its documents keep their split
+    (a refresh never moves a test document into training, so the test set only grows and earlier test queries
+    stay comparable); only new documents are hashed."""
     small = len(set(all_doc_ids)) < config.small_data_max_documents
     ratios = config.ratios(small)
     doc_splits = assign_documents(all_doc_ids, ratios, config.seed)
+    kept_assignments = 0
+    for doc, split in (previous or {}).items():
+        if doc in doc_splits and split in SPLITS:
+            doc_splits[doc] = split
+            kept_assignments += 1
     kept = [p for p in pairs if p.quality_score >= config.quality_threshold]
     grown = grow_test_split(doc_splits, kept, config.seed, config.min_test_queries, config.max_test_ratio)
     out: dict[str, list[QAPair]] = {s: [] for s in SPLITS}
@@ -193,6 +211,7 @@ def split_pairs(pairs: list[QAPair], all_doc_ids: list[str], config: SplitConfig
         num_eval_only_from_train=eval_only,
         warnings=warnings,
         grown_test_documents=grown,
+        kept_assignments=kept_assignments,
     )
 
 
@@ -218,13 +237,26 @@ class QASplits(Artifact):
     def doc_splits(self) -> dict[str, str]:
         return read_json(self.file(self.marker))
 
+    def previous_assignment(self, settings: dict) -> dict[str, str] | None:
+        """The document assignment written here by a run with the same ``settings``, else None."""
+        try:
+            manifest = read_json(self.file(self.MANIFEST))
+            if not self.exists() or manifest.get("split_settings") != settings:
+                return None
+            return self.doc_splits()
+        except (OSError, ValueError, AttributeError):
+            return None
+
     def documents_in(self, split: str) -> set[str]:
         """The documents of ``split`` (e.g. the test documents no training row may touch)."""
         return {doc for doc, s in self.doc_splits().items() if s == split}
 
 
-def write_splits(result: SplitResult, out_dir: Path, logger: logging.Logger | None = None) -> dict:
-    """``train.jsonl``, ``val.jsonl``, ``test.jsonl`` (QAPair records), ``doc_splits.json`` and ``manifest.json``."""
+def write_splits(
+    result: SplitResult, out_dir: Path, logger: logging.Logger | None = None, split_settings: dict | None = None
+) -> dict:
+    """``train.jsonl``, ``val.jsonl``, ``test.jsonl`` (QAPair records), ``doc_splits.json`` and ``manifest.json``
+    (with the ``split_settings`` the assignment was made with, so a later run knows whether it may keep it)."""
     out = QASplits(dir=out_dir)
     for split in SPLITS:
         write_jsonl(out.split_file(split), result.pairs[split])
@@ -236,6 +268,8 @@ def write_splits(result: SplitResult, out_dir: Path, logger: logging.Logger | No
         "num_cross_split_dropped": result.num_cross_split,
         "num_eval_only_left_out_of_train": result.num_eval_only_from_train,
         "test_documents_added_for_min_test_queries": len(result.grown_test_documents),
+        "documents_kept_in_their_earlier_split": result.kept_assignments,
+        "split_settings": split_settings,
         "queries": {s: len(result.pairs[s]) for s in SPLITS},
         "documents": {s: docs_per_split.get(s, 0) for s in SPLITS},
         "warnings": result.warnings,
@@ -260,8 +294,12 @@ class QASplitsOutput(BaseModel):
 
 def run_qa_splits(inputs: QASplitsInputs, config: SplitConfig, log: logging.Logger) -> QASplitsOutput:
     doc_ids = sorted({c.doc_id for c in corpus_passages(inputs.chunks, inputs.qa_pairs)})
-    result = split_pairs(inputs.qa_pairs.read(), doc_ids, config)
-    manifest = write_splits(result, inputs.out.dir, logger=log)
+    settings = config.assignment_settings()
+    previous = inputs.out.previous_assignment(settings)
+    if previous is None and inputs.out.exists():
+        log.info("qa_splits: the split settings changed, so every document is assigned afresh")
+    result = split_pairs(inputs.qa_pairs.read(), doc_ids, config, previous)
+    manifest = write_splits(result, inputs.out.dir, logger=log, split_settings=settings)
     # Re-derive from what was written: every pair's documents must sit in the pair's own split.
     written = inputs.out.doc_splits()
     offenders = [p.query_id for s in SPLITS for p in inputs.out.pairs(s) if {written[d] for d in p.doc_ids} != {s}]

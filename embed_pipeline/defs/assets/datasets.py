@@ -27,6 +27,8 @@ def _describe_splits(step: StepContext, done: QASplitsOutput) -> Described:
             "cross_split_dropped": manifest["num_cross_split_dropped"],
             "eval_only_left_out_of_train": manifest["num_eval_only_left_out_of_train"],
             "test_documents_added_for_min_test_queries": manifest["test_documents_added_for_min_test_queries"],
+            # a refresh keeps every earlier document in its split: the test split only grows
+            "documents_kept_in_their_earlier_split": manifest["documents_kept_in_their_earlier_split"],
             "warnings": dg.MetadataValue.md("\n".join(f"- {w}" for w in manifest["warnings"]) or "none"),
         },
         [
@@ -46,6 +48,8 @@ def _describe_eval_set(step: StepContext, done: EvalSetOutput) -> Described:
     return Described(
         {
             **done.manifest,
+            "frozen_since": done.frozen.since,
+            "frozen_dropped": done.frozen.dropped,
             "sample_queries": sample_table(
                 [p.model_dump() for p in done.test_pairs], ["query_id", "query_type", "query"]
             ),

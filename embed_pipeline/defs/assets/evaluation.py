@@ -7,9 +7,10 @@ from pydantic import Field
 from embed_pipeline.core.settings import get_settings
 from embed_pipeline.defs.config import run_config_for
 from embed_pipeline.defs.metadata import cache_metadata, sample_table
-from embed_pipeline.defs.plots import delta_intervals, metrics_bars
+from embed_pipeline.defs.plots import delta_intervals, metrics_bars, ndcg_history
 from embed_pipeline.defs.stage_asset import Described, StepContext, stage_asset
 from embed_pipeline.stages.evaluation import RetrievalMetricsConfig, RetrievalMetricsResult
+from embed_pipeline.stages.evaluation.history import history_table
 
 GATE_CHECK = "finetuned_not_worse_than_base"
 _SEVERITY = {"block": dg.AssetCheckSeverity.ERROR, "warn": dg.AssetCheckSeverity.WARN}
@@ -52,6 +53,22 @@ def _describe(step: StepContext, result: RetrievalMetricsResult) -> Described:
         optional["metrics_by_dimension"] = dg.MetadataValue.md(result.dimension_table)
     if result.slices:
         optional["metrics_by_query_kind"] = dg.MetadataValue.md(result.slice_table)
+    if result.frozen is not None:
+        frozen = result.frozen
+        numbers |= {f"frozen_base_{k}": v for k, v in frozen.base.items()}
+        numbers |= {f"frozen_finetuned_{k}": v for k, v in frozen.finetuned.items()}
+        optional |= {
+            "frozen_metrics_table": dg.MetadataValue.md(frozen.table),
+            **interval_metadata("frozen_", frozen.intervals),
+            "frozen_num_queries": frozen.num_queries,
+            "frozen_since": result.frozen_since or "-",
+        }
+    if result.history:
+        rows = [r.model_dump() for r in result.history]
+        optional |= {
+            "ndcg_history": dg.MetadataValue.md(history_table(result.history)),
+            "ndcg_history_plot": ndcg_history(rows),
+        }
     if result.real is not None:
         real = result.real
         numbers |= {f"real_base_{k}": v for k, v in real.base.items()}
@@ -73,6 +90,11 @@ def _describe(step: StepContext, result: RetrievalMetricsResult) -> Described:
         "base_vs_finetuned": metrics_bars(result.base, result.finetuned, result.k_values),
         "changes_with_intervals": delta_intervals(
             {"synthetic test queries": result.intervals}
+            | (
+                {"frozen set": result.frozen.intervals}
+                if result.frozen is not None and result.frozen.num_queries != result.num_queries
+                else {}
+            )
             | ({"real queries": result.real.intervals} if result.real is not None else {})
         ),
         **optional,

@@ -37,10 +37,11 @@ def parity_table(reports: dict[str, ParityReport], dropped: dict[str, str] | Non
         verdict = "yes" if r.passed else ("no: **dropped**" if variant in (dropped or {}) else "**no**")
         # PyTorch vectors from the embedding cache were not computed now: their speed would be the cache's.
         torch_speed = "cached" if r.torch_from_cache >= r.n_texts else f"{r.torch_texts_per_s:.0f}"
+        onnx_speed = "cached" if r.onnx_from_cache >= r.n_texts else f"{r.onnx_texts_per_s:.0f}"
         lines.append(
             f"| {variant} | {r.cosine['all'].min:.6f} | {r.cosine['all'].mean:.6f} | "
             f"{r.torch_metrics['ndcg_at_10']:.4f} | {r.onnx_metrics['ndcg_at_10']:.4f} | {r.ndcg_at_10_delta:+.4f} | "
-            f"{r.thresholds.max_ndcg_at_10_delta} | {ci} | {torch_speed} → {r.onnx_texts_per_s:.0f} | "
+            f"{r.thresholds.max_ndcg_at_10_delta} | {ci} | {torch_speed} → {onnx_speed} | "
             f"{verdict} |"
         )
     return "\n".join(lines) + "\n"
@@ -106,6 +107,7 @@ def _describe_onnx(step: StepContext, done: OnnxOutput) -> Described:
             "max_length": result.max_length,
             "attention": result.attention,
             "export_seconds": round(result.seconds, 2),
+            "reused": done.reused,  # unchanged checkpoint, eval set and settings: the export was kept
             **cache_metadata(done.embedding_cache),
         },
         [_parity_check(variant, reports, dropped) for variant in ("fp32", "int8")],

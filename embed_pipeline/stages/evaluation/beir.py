@@ -184,6 +184,22 @@ class EvalSet(Artifact):
     asset = "eval_set"
     marker = f"{QRELS_DIR}/test{QRELS_SUFFIX}"
     MANIFEST: ClassVar[str] = "manifest.json"
+    FROZEN: ClassVar[str] = "frozen.json"  # the earlier test queries kept comparable across refreshes
 
     def load(self) -> BeirData:
         return load_beir(self.dir)
+
+    def frozen(self) -> FrozenSet | None:
+        """The frozen set written with this folder, or None (an eval set written before there was one)."""
+        try:
+            return FrozenSet.model_validate_json(self.file(self.FROZEN).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+
+
+class FrozenSet(BaseModel):
+    """The test queries of the first materialization still valid now: one fixed set to compare runs on."""
+
+    since: str = Field(description="When the set was first written (UTC, ISO 8601).")
+    queries: dict[str, str] = Field(description="Query id -> fingerprint of its text and its positives' texts.")
+    dropped: int = Field(0, description="Earlier queries left out since, because their query or passage changed.")

@@ -15,6 +15,7 @@ import gc
 import logging
 import time
 from collections import Counter
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import ClassVar
 
@@ -27,9 +28,10 @@ from embed_pipeline.core.encoder import Encoder, EncoderConfig
 from embed_pipeline.core.records import Chunk
 from embed_pipeline.core.stage import Stage
 from embed_pipeline.stages.chunking import Chunks
-from embed_pipeline.stages.evaluation.beir import BeirData, EvalSet, load_beir
+from embed_pipeline.stages.evaluation.beir import BeirData, EvalSet, FrozenSet, load_beir
 from embed_pipeline.stages.evaluation.bootstrap import BootstrapConfig, DeltaInterval, paired_bootstrap
 from embed_pipeline.stages.evaluation.gate import GateDecision, quality_gate
+from embed_pipeline.stages.evaluation.history import HistoryRow, append_history, history_table
 from embed_pipeline.stages.evaluation.metrics import check_k_values, mean_metrics, metric_keys
 from embed_pipeline.stages.evaluation.real_queries import RealQueries, load_real_queries
 from embed_pipeline.stages.evaluation.scoring import ModelScores, score_encoder
@@ -123,16 +125,28 @@ class RetrievalMetricsResult(BaseModel):
     metrics_path: Path
     table_path: Path
     embedding_cache: dict[str, int] = Field(default_factory=dict, description="Cache hits, misses, writes.")
+    frozen: QuerySetMetrics | None = Field(
+        None, description="The same on the frozen set: the first run's test queries whose text is unchanged."
+    )
+    frozen_since: str | None = None
+    history: list[HistoryRow] = Field(default_factory=list, description="nDCG@10 of every run, oldest first.")
 
     def report(self) -> str:
         """Every table, for people (table.md, the model card)."""
         parts = [f"Synthetic test queries ({self.num_queries}):\n\n{self.table}"]
+        if self.frozen is not None and self.frozen.num_queries != self.num_queries:
+            parts.append(
+                f"Frozen set ({self.frozen.num_queries} of them, the test queries unchanged since "
+                f"{self.frozen_since}: comparable across refreshes):\n\n{self.frozen.table}"
+            )
         if self.real is not None:
             parts.append(f"Real queries ({self.real.num_queries}, {self.real.source}):\n\n{self.real.table}")
         if self.slices:
             parts.append(f"By kind of query (synthetic test queries):\n\n{self.slice_table}")
         if self.dimension_table:
             parts.append(f"By embedding dimension (Matryoshka):\n\n{self.dimension_table}")
+        if len(self.history) > 1:
+            parts.append(f"nDCG@10 across runs:\n\n{history_table(self.history)}")
         parts.append(f"Gate: {self.gate.description}\n")
         return "\n".join(parts)
 
@@ -201,6 +215,7 @@ class RetrievalMetrics(Artifact):
     marker = "metrics.json"
     TABLE: ClassVar[str] = "table.md"
     PER_QUERY: ClassVar[str] = "per_query.json"
+    HISTORY: ClassVar[str] = "history.jsonl"  # one row per run: kept across materializations
 
     def read(self) -> dict:
         return read_json(self.file(self.marker))
@@ -216,6 +231,7 @@ def run_retrieval_metrics(
     chunk_files: list[Path] | None = None,
     passages: list[Chunk] | None = None,
     cache: EmbeddingCache | None = None,
+    frozen: FrozenSet | None = None,
 ) -> RetrievalMetricsResult:
     """Evaluate the base then the fine-tuned encoder; write ``metrics.json``, ``per_query.json`` and ``table.md``.
 
@@ -258,6 +274,12 @@ def run_retrieval_metrics(
 
     bootstrap = config.bootstrap()
     synthetic = _query_set(scores["base"].synthetic, scores["finetuned"].synthetic, ks, bootstrap)
+    frozen_ids = [q for q in (frozen.queries if frozen else {}) if q in scores["base"].synthetic]
+    frozen_metrics = (
+        _query_set(*({q: scores[r].synthetic[q] for q in frozen_ids} for r in ("base", "finetuned")), ks, bootstrap)
+        if frozen_ids
+        else None
+    )
     slices = slice_rows(data.query_info, scores["base"].synthetic, scores["finetuned"].synthetic, bootstrap=bootstrap)
     real_metrics = None
     if real is not None:
@@ -304,6 +326,22 @@ def run_retrieval_metrics(
         metrics_path=metrics_path,
         table_path=out.file(RetrievalMetrics.TABLE),
         embedding_cache=cache.stats() if cache else {},
+        frozen=frozen_metrics,
+        frozen_since=frozen.since if frozen_metrics is not None and frozen else None,
+    )
+    result.history = append_history(
+        out.file(RetrievalMetrics.HISTORY),
+        HistoryRow(
+            at=datetime.now(UTC).isoformat(timespec="seconds"),
+            num_queries=len(data.queries),
+            base_ndcg_at_10=synthetic.base.get("ndcg_at_10"),
+            finetuned_ndcg_at_10=synthetic.finetuned.get("ndcg_at_10"),
+            frozen_num_queries=len(frozen_ids),
+            frozen_base_ndcg_at_10=frozen_metrics.base.get("ndcg_at_10") if frozen_metrics else None,
+            frozen_finetuned_ndcg_at_10=frozen_metrics.finetuned.get("ndcg_at_10") if frozen_metrics else None,
+            frozen_since=result.frozen_since,
+            finetuned_model=finetuned.model,
+        ),
     )
     write_json(
         out.file(RetrievalMetrics.PER_QUERY),
@@ -350,6 +388,7 @@ def run_metrics_stage(
         logger=log,
         passages=corpus_passages(inputs.chunks, inputs.qa_pairs) if config.eval_queries else None,
         cache=EmbeddingCache(inputs.embedding_cache) if inputs.embedding_cache else None,
+        frozen=inputs.eval_set.frozen(),
     )
     # The card travels with the weights (e.g. to the Hugging Face Hub), so it carries the measured gain.
     write_model_card(inputs.finetuned_model.dir, metrics_markdown=result.report())

@@ -32,6 +32,7 @@ class OnnxModel(Artifact):
     asset = "onnx_model"
     marker = MANIFEST_FILE
     PARITY: ClassVar[str] = "parity.json"
+    INPUTS: ClassVar[str] = "inputs.json"  # what the export was made from, and its result: a refresh may keep it
 
 
 class OnnxManifest(BaseModel):

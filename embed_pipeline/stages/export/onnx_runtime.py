@@ -15,6 +15,7 @@ from typing import Literal
 
 import numpy as np
 
+from embed_pipeline.core.reuse import file_sha256_many
 from embed_pipeline.stages.export.manifest import read_manifest, variant_path
 from embed_pipeline.stages.export.token_encoder import TokenizedEncoder
 
@@ -68,6 +69,11 @@ class OnnxEncoder(TokenizedEncoder):
         self.providers: list[str] = self.session.get_providers()
         self.path = path
         self._feed_names = [i.name for i in self.session.get_inputs()]
+
+    def fingerprint(self) -> str:
+        """The graph's bytes, its tokenizer's and the execution providers (their numerics differ slightly)."""
+        files = [self.path, *sorted(self.folder.glob("tokenizer*")), *sorted(self.folder.glob("*.model"))]
+        return file_sha256_many(files, extra=",".join(self.providers))
 
     def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         out = self.session.run([self.manifest.output], {name: feeds[name] for name in self._feed_names})[0]

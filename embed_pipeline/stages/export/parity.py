@@ -99,6 +99,7 @@ class ParityReport(BaseModel):
     torch_from_cache: int = Field(
         0, description="PyTorch vectors read from the embedding cache (its texts/s then measures the cache too)."
     )
+    onnx_from_cache: int = Field(0, description="Exported-model vectors read from the cache (an unchanged graph).")
 
 
 def _encode(encoder, data: BeirData, batch_size: int | None, log: logging.Logger, name: str):
@@ -265,11 +266,14 @@ def check_parity_variants(
     reports: dict[str, ParityReport] = {}
     for variant in variants:
         onnx_encoder = OnnxEncoder(Path(onnx_dir), variant=variant, providers=providers)  # type: ignore[arg-type]
+        onnx_encoder.use_cache(cache)  # keyed by the graph's bytes: an unchanged export's vectors are reused
+        before_onnx = cache.hits if cache else 0
         candidate = _encode(onnx_encoder, data, batch_size, log, f"ONNX {variant}")
+        onnx_from_cache = (cache.hits - before_onnx) if cache else 0
         report = compare(
             data, ks, reference, candidate, variant, PARITY_THRESHOLDS[variant],
             str(model_dir), str(onnx_dir), onnx_encoder.providers, failures,
-        ).model_copy(update={"torch_from_cache": from_cache})  # fmt: skip
+        ).model_copy(update={"torch_from_cache": from_cache, "onnx_from_cache": onnx_from_cache})  # fmt: skip
         del onnx_encoder
         log.info(
             f"parity {variant}: min cosine {report.cosine['all'].min:.6f}, nDCG@10 delta "

@@ -6,6 +6,7 @@ Both measure parity where they run (the engine needs the GPU it was built on), w
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from pydantic import BaseModel, Field
 
 from embed_pipeline.core.artifacts import write_json
 from embed_pipeline.core.embedding_cache import EmbeddingCache
+from embed_pipeline.core.reuse import inputs_fingerprint
 from embed_pipeline.core.stage import Stage
 from embed_pipeline.stages.evaluation.beir import EvalSet
 from embed_pipeline.stages.export.manifest import OnnxModel, drop_variants
@@ -38,6 +40,29 @@ class OnnxOutput(BaseModel):
     parity: dict[str, ParityReport]
     dropped: dict[str, str] = Field(description="Variants dropped from the export for failing parity, and why.")
     embedding_cache: dict[str, int] = Field(default_factory=dict, description="Cache hits, misses, writes.")
+    reused: bool = Field(False, description="The checkpoint and settings were unchanged: the export was kept.")
+
+
+def _export_fingerprint(inputs: OnnxInputs, config: OnnxExportConfig) -> str:
+    """What the export depends on: the checkpoint's bytes and the export settings (not the eval set: only the
+    parity measured on it, which every run measures again, with the embedding cache)."""
+    settings = {"config": config.model_dump(mode="json"), "trust": inputs.trust_remote_code}
+    ignore = {FinetunedModel.CARD, FinetunedModel.HISTORY}
+    return inputs_fingerprint([inputs.finetuned_model.dir], settings, ignore=ignore)
+
+
+def _reusable_export(inputs: OnnxInputs, fingerprint: str, log: logging.Logger) -> OnnxExportResult | None:
+    """The export already in place when it was made from exactly this checkpoint and settings (a refresh that did
+    not retrain), its files limited to the variants still in it."""
+    try:
+        saved = json.loads(inputs.out.file(OnnxModel.INPUTS).read_text(encoding="utf-8"))
+        if saved.get("fingerprint") != fingerprint or not inputs.out.exists():
+            return None
+        result = OnnxExportResult.model_validate(saved["export"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    log.info("onnx_model: the checkpoint and export settings are unchanged; the export in place is kept")
+    return result.model_copy(update={"files": {v: p for v, p in result.files.items() if Path(p).exists()}})
 
 
 def run_onnx_export(inputs: OnnxInputs, config: OnnxExportConfig, log: logging.Logger) -> OnnxOutput:
@@ -47,7 +72,14 @@ def run_onnx_export(inputs: OnnxInputs, config: OnnxExportConfig, log: logging.L
     from embed_pipeline.stages.export import onnx_export, parity
 
     model_dir, out, trust = inputs.finetuned_model.dir, inputs.out.dir, inputs.trust_remote_code
-    result = onnx_export.export_onnx(model_dir, out, config, logger=log, trust_remote_code=trust)
+    fingerprint = _export_fingerprint(inputs, config)
+    result = _reusable_export(inputs, fingerprint, log)
+    reused = result is not None
+    if result is None:
+        result = onnx_export.export_onnx(model_dir, out, config, logger=log, trust_remote_code=trust)
+        # Beside the export, what it was made from: a later run with the same checkpoint and settings keeps it.
+        saved = {"fingerprint": fingerprint, "export": result.model_dump(mode="json")}
+        write_json(inputs.out.file(OnnxModel.INPUTS), saved)
     variants = [v for v in result.files if v in parity.PARITY_THRESHOLDS]  # fp32, int8, fp16 (not the portable graph)
     # The checkpoint encodes the eval set once for all variants.
     cache = EmbeddingCache(inputs.embedding_cache) if inputs.embedding_cache else None
@@ -64,7 +96,8 @@ def run_onnx_export(inputs: OnnxInputs, config: OnnxExportConfig, log: logging.L
         drop_variants(out, dropped)
         for variant, why in dropped.items():
             log.warning(f"variant {variant} dropped from the export (it is not served): {why}")
-    return OnnxOutput(export=result, parity=measured, dropped=dropped, embedding_cache=cache.stats() if cache else {})
+    stats = cache.stats() if cache else {}
+    return OnnxOutput(export=result, parity=measured, dropped=dropped, embedding_cache=stats, reused=reused)
 
 
 class TensorRTInputs(BaseModel):

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from embed_pipeline.core.embedding_cache import EmbeddingCache, through_cache, vector_space
 from embed_pipeline.core.encoder import EncoderConfig, TextKind, encode_unique, token_budget_batches
 from embed_pipeline.core.model_loading import check_remote_code, load_tokenizer
 from embed_pipeline.core.progress import Progress
@@ -36,6 +37,8 @@ class TokenizedEncoder:
         pad = self.tokenizer.pad_token_id
         self._pad_id = int(pad if pad is not None else (self.tokenizer.eos_token_id or 0))
         self._left = getattr(self.tokenizer, "padding_side", "right") == "left"
+        self.cache: EmbeddingCache | None = None
+        self._fingerprint = ""
 
     @property
     def dimension(self) -> int:
@@ -99,4 +102,24 @@ class TokenizedEncoder:
                 out[idx] = self.run(self.pad([ids[i] for i in idx]))
                 progress.update(len(idx))
 
+        if self.cache is not None:
+            fill = through_cache(self.cache, self._space(kind), self.dimension, fill)
         return encode_unique(texts, self.dimension, fill)
+
+    def fingerprint(self) -> str:
+        """What the vectors depend on besides the settings: the engine's bytes (the subclass's)."""
+        raise NotImplementedError
+
+    def use_cache(self, cache: EmbeddingCache | None) -> TokenizedEncoder:
+        """Read and write ``encode``'s vectors through ``cache``, keyed by the engine's bytes (``fingerprint``)."""
+        self.cache = cache
+        if cache is not None:
+            self._fingerprint = self.fingerprint()
+        return self
+
+    def _space(self, kind: TextKind) -> str:
+        c = self.config
+        return vector_space(
+            self._fingerprint, kind=kind, prefix=c.query_prefix if kind == "query" else c.passage_prefix,
+            max_length=self.max_length(kind), runtime=type(self).__name__,
+        )  # fmt: skip

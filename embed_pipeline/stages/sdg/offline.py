@@ -61,7 +61,7 @@ import re
 import statistics
 import sys
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -410,9 +410,16 @@ def _fit_corpus(chunks: Sequence[Chunk], chunk_tokens: list[list[tuple[str, str]
 
 
 def generate_offline(
-    chunks: Sequence[Chunk], config: OfflineGeneratorConfig | None = None, logger: logging.Logger | None = None
+    chunks: Sequence[Chunk],
+    config: OfflineGeneratorConfig | None = None,
+    logger: logging.Logger | None = None,
+    only_chunks: Collection[str] | None = None,
+    only_docs: Collection[str] | None = None,
 ) -> list[QAPair]:
-    """Inverse-cloze and keyword queries for ``chunks`` (see the module docstring), in chunk order."""
+    """Inverse-cloze and keyword queries for ``chunks`` (see the module docstring), in chunk order.
+
+    TF-IDF is always fitted on all ``chunks``; ``only_chunks`` / ``only_docs`` limit the chunks that get cloze and
+    keyword queries and the documents that get a title query (a refresh asks only for what is new or edited)."""
     config = config or OfflineGeneratorConfig()
     log = logger or _log
     duplicates = duplicate_ids(c.chunk_id for c in chunks)
@@ -429,14 +436,20 @@ def generate_offline(
     progress = Progress("offline query generation", len(chunks), log, unit="chunks")
     pairs: list[QAPair] = []
     for chunk, tokens in zip(chunks, chunk_tokens, strict=True):
-        pairs += _cloze_pairs(chunk, corpus, config)
-        pairs += _keyword_pairs(chunk, tokens, corpus.tfidf, config)
+        if only_chunks is None or chunk.chunk_id in only_chunks:
+            pairs += _cloze_pairs(chunk, corpus, config)
+            pairs += _keyword_pairs(chunk, tokens, corpus.tfidf, config)
         progress.update(1, extra=f"{len(pairs)} queries")
     if config.title_queries:
         by_doc: dict[str, list[Chunk]] = {}
         for chunk in chunks:
             by_doc.setdefault(chunk.doc_id, []).append(chunk)
-        pairs += [p for doc_chunks in by_doc.values() for p in _title_pairs(doc_chunks, corpus.tfidf)]
+        pairs += [
+            p
+            for doc, doc_chunks in by_doc.items()
+            if only_docs is None or doc in only_docs
+            for p in _title_pairs(doc_chunks, corpus.tfidf)
+        ]
     return pairs
 
 

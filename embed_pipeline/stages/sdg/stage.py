@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 
 from pydantic import BaseModel, Field
 
@@ -31,6 +32,7 @@ class QAPairsConfig(BaseModel):
 class QAPairsInputs(BaseModel):
     chunks: Chunks
     encoder: EncoderConfig
+    embedding_cache: Path | None = Field(None, description="The corpus's embedding cache (question deduplication).")
     out: QAPairs
 
 
@@ -53,7 +55,11 @@ def run_qa_pairs(inputs: QAPairsInputs, config: QAPairsConfig, log: logging.Logg
     chunks = inputs.chunks.read()
     inputs.out.dir.mkdir(parents=True, exist_ok=True)
     generated = generator.generate(
-        GeneratorInputs(chunks=chunks, encoder=inputs.encoder, work_dir=inputs.out.dir), sections, log
+        GeneratorInputs(
+            chunks=chunks, encoder=inputs.encoder, work_dir=inputs.out.dir, embedding_cache=inputs.embedding_cache
+        ),
+        sections,
+        log,
     )
     manifest = write_qa_pairs(generated.pairs, inputs.out.dir, generated.extra_passages)
     return QAPairsOutput(

@@ -26,6 +26,7 @@ class GeneratorInputs(BaseModel):
     chunks: list[Chunk] = Field(description="The corpus's chunks, in document order.")
     encoder: EncoderConfig = Field(description="The base encoder (e.g. to deduplicate questions).")
     work_dir: Path = Field(description="The qa_pairs folder: where a generator keeps what it caches across runs.")
+    embedding_cache: Path | None = Field(None, description="The corpus's embedding cache (None: off).")
 
 
 class Generated(BaseModel):

@@ -7,6 +7,7 @@ import logging
 
 from pydantic import BaseModel
 
+from embed_pipeline.core.embedding_cache import EmbeddingCache
 from embed_pipeline.core.settings import Settings, get_settings
 from embed_pipeline.stages.sdg.generators.base import Generated, Generator, GeneratorInputs, Section
 from embed_pipeline.stages.sdg.llm.config import LLMEndpointConfig, LLMGeneratorConfig
@@ -18,13 +19,16 @@ CACHE_FILE = "llm_cache.sqlite"  # in the qa_pairs folder: an unchanged chunk co
 def _generate(inputs: GeneratorInputs, sections: dict[str, BaseModel], log: logging.Logger) -> Generated:
     endpoint = sections["llm_endpoint"].model_copy(update={"api_key": get_settings().llm_api_key})
     endpoint.require_key()
+    vectors = EmbeddingCache(inputs.embedding_cache) if inputs.embedding_cache else None
     result = generate_llm(
-        inputs.chunks, sections["llm"], endpoint, inputs.encoder, cache_path=inputs.work_dir / CACHE_FILE, logger=log
-    )
+        inputs.chunks, sections["llm"], endpoint, inputs.encoder, cache_path=inputs.work_dir / CACHE_FILE, logger=log,
+        embedding_cache=vectors,
+    )  # fmt: skip
     stats = result.stats
     return Generated(
         pairs=result.pairs,
         facts={
+            **{f"embedding_cache_{k}": v for k, v in (vectors.stats() if vectors else {}).items() if k != "evicted"},
             "llm_calls": stats.calls,
             "llm_cache_hits": stats.cache_hits,
             "tokens_in": stats.tokens_in,

@@ -61,6 +61,7 @@ from embed_pipeline.stages.sdg.llm.prompts import artifact_messages, is_standalo
 from embed_pipeline.stages.sdg.llm.schemas import ArtifactExtraction, GeneratedPair, QAGeneration, judge_result_model
 
 if TYPE_CHECKING:  # pragma: no cover - torch is imported only when deduplication needs the encoder
+    from embed_pipeline.core.embedding_cache import EmbeddingCache
     from embed_pipeline.core.encoder import Encoder, EncoderConfig
 
 _log = logging.getLogger("embed_pipeline.sdg.llm")
@@ -274,10 +275,12 @@ def generate_llm(
     cache_path: Path,
     logger: logging.Logger | None = None,
     encoder: Encoder | None = None,
+    embedding_cache: EmbeddingCache | None = None,
 ) -> LLMGenerationResult:
     """Synthetic question-answer pairs for ``chunks`` from an OpenAI-compatible LLM (see the module docstring).
 
-    ``encoder`` (or, loaded on demand, ``Encoder(encoder_config)``) embeds questions for deduplication.
+    ``encoder`` (or, loaded on demand, ``Encoder(encoder_config)`` reading ``embedding_cache``, so a refresh embeds
+    only new questions) embeds questions for deduplication.
     Raises ValueError at once when the endpoint has no API key.
     """
     log = logger or _log
@@ -336,7 +339,7 @@ def generate_llm(
             if not loaded:
                 from embed_pipeline.core.encoder import Encoder
 
-                loaded.append(Encoder(encoder_config))
+                loaded.append(Encoder(encoder_config).use_cache(embedding_cache))
             return loaded[0]
 
         drafts, removed = _deduplicate(drafts, config.dedup_threshold, encoder_factory, log)
