@@ -123,16 +123,16 @@ def test_all_assets_materialize_in_process(tmp_path: Path, sample_corpus: Path, 
     onnx = _metadata(result, "onnx_model")
     assert onnx["fp32_min_cosine"].value >= 0.9999 and abs(onnx["fp32_ndcg_at_10_delta"].value) <= 0.001
     assert "| int8 |" in onnx["parity"].value
-    # The embedding cache: no vector was computed twice (every write is a distinct row), and the fine-tuned model's
-    # eval-set vectors, needed by both retrieval_metrics and the parity check, were computed by whichever ran first.
+    # The embedding cache: no vector was computed twice. The fine-tuned model's eval-set vectors are needed by both
+    # retrieval_metrics and the parity check; had the second not read them from the cache, it would have written
+    # them again, and the writes would outnumber the rows.
     import sqlite3
 
     mined = _metadata(result, "training_examples")
     writes = sum(m["embedding_cache_writes"].value for m in (mined, metrics, onnx))
     with sqlite3.connect(artifacts / "tiny" / "_cache" / "embeddings.sqlite") as db:
         assert db.execute("SELECT COUNT(*) FROM vectors").fetchone()[0] == writes > 0
-    eval_texts = onnx["embedding_cache_hits"].value + onnx["embedding_cache_misses"].value
-    assert metrics["embedding_cache_hits"].value + onnx["embedding_cache_hits"].value >= eval_texts > 0
+    assert metrics["embedding_cache_hits"].value > 0  # at least the base model's passages, encoded by mining
     assert not result.asset_materializations_for_node("tensorrt_engine")
     service = _metadata(result, "embedding_service")
     assert service["url"].value.startswith("http://127.0.0.1:") and service["max_abs_drift"].value <= 0.01
