@@ -88,3 +88,19 @@ def test_a_model_folder_without_files_cannot_be_fingerprinted(tmp_path: Path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="holds no model files"):
         model_fingerprint(tmp_path / "empty")
+
+
+def test_a_model_whose_files_are_not_here_runs_without_the_cache(tiny_model_dir: Path, tmp_path: Path, caplog):
+    """A hub id not in the local Hugging Face cache cannot be fingerprinted: encode uncached rather than fail."""
+    import logging
+
+    from embed_pipeline.core.embedding_cache import local_model_folder
+
+    assert local_model_folder("no-such-org/no-such-model") is None
+    assert local_model_folder(tiny_model_dir) == tiny_model_dir
+    encoder = Encoder(EncoderConfig(model=str(tiny_model_dir)))
+    encoder.model_path = "no-such-org/no-such-model"  # as resolve_model_path leaves a hub id
+    with caplog.at_level(logging.WARNING):
+        encoder.use_cache(EmbeddingCache(tmp_path / "cache.sqlite"))
+    assert encoder.cache is None and "embedding cache off" in caplog.text
+    assert encoder.encode(TEXTS, "passage").shape[0] == len(TEXTS)

@@ -406,3 +406,9 @@ def test_an_unchanged_checkpoint_keeps_its_export(trained_dir: Path, eval_set: P
     assert second["embedding_cache"]["misses"] == 0
     third = ONNX_STAGE.run_json({"inputs": inputs, "config": {"int8": True}}, log)  # other settings: exported again
     assert not third["reused"] and "int8" in third["parity"]
+    # Serving a variant an earlier run dropped needs it exported again, though the checkpoint is unchanged.
+    from embed_pipeline.stages.export.manifest import drop_variants
+
+    drop_variants(out, {"int8": "failed its parity"})
+    served = ONNX_STAGE.run_json({"inputs": {**inputs, "served_variant": "int8"}, "config": {"int8": True}}, log)
+    assert not served["reused"] and (out / "model.int8.onnx").exists() and "int8" in served["parity"]

@@ -105,3 +105,13 @@ def test_the_history_keeps_one_row_per_run(tmp_path: Path):
     assert "| 3 | 2026-12-03 | 12 | 0.5000 | 0.5200 | 10 | 0.5000 | 0.5100 |" in table
     path.write_text("not json\n")  # an unreadable history starts over rather than failing the run
     assert len(append_history(path, rows[0])) == 1
+
+
+def test_a_growing_test_split_takes_only_new_documents():
+    """The test split short of min_test_queries grows on a refresh, but never with an earlier training document."""
+    config = SplitConfig(min_test_queries=10_000, max_test_ratio=0.5)
+    first = split_pairs([pair(d, j) for d in DOCS for j in range(3)], DOCS, config)
+    grown_docs = DOCS + [f"new{i:03d}.md" for i in range(30)]
+    second = split_pairs([pair(d, j) for d in grown_docs for j in range(3)], grown_docs, config, first.doc_splits)
+    assert all(second.doc_splits[d] == s for d, s in first.doc_splits.items())
+    assert second.grown_test_documents and all(d.startswith("new") for d in second.grown_test_documents)

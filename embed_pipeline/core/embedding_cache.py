@@ -25,26 +25,47 @@ from embed_pipeline.core.reuse import file_sha256
 
 # Files that do not change the vectors a model folder gives (rewritten after training, or documentation).
 _NOT_MODEL = {"README.md", "training_history.json"}
-_fingerprints: dict[tuple[str, float, int], str] = {}
+_fingerprints: dict[tuple, str] = {}
 _fingerprint_lock = threading.Lock()
 
 
+def local_model_folder(model: str | Path) -> Path | None:
+    """The folder holding a model's files: a local folder, or a hub id's snapshot in the Hugging Face cache
+    (offline); None when neither is found (the caller then runs without the cache)."""
+    path = Path(model).expanduser()
+    if path.is_dir():
+        return path
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(str(model), local_files_only=True))
+    except Exception:  # not a hub id, or not cached: nothing to fingerprint
+        return None
+
+
 def model_fingerprint(model_path: str | Path) -> str:
-    """sha256 over a model folder's files (relative path and content), cached per folder state in this process."""
+    """sha256 over a model folder's files (relative path and content), memoised per file state in this process
+    (path, size, modification and change times, inode: a file replaced in place, even with an older mtime, is a
+    new state)."""
     root = Path(model_path)
     files = sorted(p for p in root.rglob("*") if p.is_file() and p.name not in _NOT_MODEL and ".cache" not in p.parts)
     if not files:
         raise FileNotFoundError(f"{root} holds no model files to fingerprint.")
-    state = (str(root.resolve()), max(p.stat().st_mtime for p in files), sum(p.stat().st_size for p in files))
+    state = tuple(
+        (str(f.relative_to(root)), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+        for f in files
+        for st in [f.stat()]
+    )
+    key = (str(root.resolve()), state)
     with _fingerprint_lock:
-        if state in _fingerprints:
-            return _fingerprints[state]
+        if key in _fingerprints:
+            return _fingerprints[key]
     h = hashlib.sha256()
     for f in files:
         h.update(f"{f.relative_to(root)}\n{file_sha256(f)}\n".encode())
     digest = h.hexdigest()
     with _fingerprint_lock:
-        _fingerprints[state] = digest
+        _fingerprints[key] = digest
     return digest
 
 
@@ -104,9 +125,13 @@ class EmbeddingCache:
                     if vector.shape[0] == dimension:  # a different width is not this model's vector
                         found[key] = vector
                 if rows:
-                    db.execute(
-                        f"UPDATE vectors SET used = ? WHERE space = ? AND text_sha256 IN ({marks})", [now, space, *part]
-                    )
+                    try:  # recency only orders eviction: never fail a stage for it
+                        db.execute(
+                            f"UPDATE vectors SET used = ? WHERE space = ? AND text_sha256 IN ({marks})",
+                            [now, space, *part],
+                        )
+                    except sqlite3.OperationalError:
+                        pass
         self.hits += len(found)
         self.misses += len(keys) - len(found)
         return found

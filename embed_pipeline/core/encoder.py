@@ -15,7 +15,13 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, Field
 
-from embed_pipeline.core.embedding_cache import EmbeddingCache, model_fingerprint, through_cache, vector_space
+from embed_pipeline.core.embedding_cache import (
+    EmbeddingCache,
+    local_model_folder,
+    model_fingerprint,
+    through_cache,
+    vector_space,
+)
 from embed_pipeline.core.model_loading import (
     ENV_VAR,
     RemoteCodeRefused,
@@ -31,6 +37,18 @@ Pooling = Literal["mean", "cls", "last_token"]
 TextKind = Literal["query", "passage"]
 WeightsDtype = Literal["float32", "bfloat16", "float16"]
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+_log = logging.getLogger("embed_pipeline.encoder")
+
+
+def _library_versions() -> str:
+    import tokenizers
+    import transformers
+
+    return f"torch {torch.__version__}, transformers {transformers.__version__}, tokenizers {tokenizers.__version__}"
+
+
+_LIBRARY_VERSIONS = _library_versions()
 
 
 class EncoderConfig(BaseModel):
@@ -167,18 +185,23 @@ class Encoder:
     def use_cache(self, cache: EmbeddingCache | None) -> Encoder:
         """Read and write ``encode``'s vectors through ``cache`` (never training's ``embed_texts``: the weights move
         there). The model's files are fingerprinted, so a changed model never meets another's vectors."""
-        self.cache = cache
-        if cache is not None:
-            self._fingerprint = model_fingerprint(self.model_path)
+        folder = local_model_folder(self.model_path) if cache is not None else None
+        if cache is not None and folder is None:
+            _log.warning(f"embedding cache off for {self.config.model!r}: its files are not on this machine")
+        self.cache = cache if folder is not None else None
+        if self.cache is not None:
+            self._fingerprint = model_fingerprint(folder)
         return self
 
     def _space(self, kind: TextKind) -> str:
         c = self.config
         length = c.query_max_length if kind == "query" else c.passage_max_length
         prefix = c.query_prefix if kind == "query" else c.passage_prefix
+        # Everything else that changes the numbers: the attention kernel, the device, the libraries' versions.
         return vector_space(
             self._fingerprint, kind=kind, prefix=prefix, max_length=length, pooling=c.pooling,
-            normalize=c.normalize, dtype=c.dtype,
+            normalize=c.normalize, dtype=c.dtype, attention=self.attn_implementation, device=self.device.type,
+            versions=_LIBRARY_VERSIONS,
         )  # fmt: skip
 
     def _load_model(self, path: str, trust: bool, overrides: dict[str, object]) -> tuple[torch.nn.Module, str]:

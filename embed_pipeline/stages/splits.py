@@ -2,15 +2,17 @@
 
 Each document lands in one split by a seeded hash of its id (a uniform number u in [0, 1): train below
 train_ratio, val below train_ratio + val_ratio, test above). Unlike a shuffled cut, this keeps every existing
-document in its split when a corpus grows, so a refreshed corpus never moves an old training document into the
-test set. Small corpora (fewer than ``small_data_max_documents`` documents) use ``small_data_ratios`` (the
-recipe's 0.8/0/0.2), and every split with a non-zero ratio gets at least one document when there are enough.
+document in its split when a corpus grows. A refresh also keeps the earlier run's assignment itself (read from
+its ``doc_splits.json`` while the split settings are unchanged), so no document changes split, whatever the
+hash of the grown corpus or its size would say, and the test split only grows. Small corpora (fewer than
+``small_data_max_documents`` documents) use ``small_data_ratios`` (the recipe's 0.8/0/0.2), and every split with
+a non-zero ratio gets at least one document when there are enough.
 
 Enough test queries: the recipe's FAQ asks for at least 100 test queries, 200-500 to detect small gains, and a
 10% test split of a small corpus holds far fewer (the 22-document demo: 68). When the test split holds fewer than
 ``min_test_queries`` kept queries, training documents move to it, nearest the test range of the hash first, until
-it holds enough or ``max_test_ratio`` of the documents. Large corpora are unaffected. (A corpus that grows may then
-hand such a document back to training: it never goes the other way, from training to test.)
+it holds enough or ``max_test_ratio`` of the documents; on a refresh only new documents move. Large corpora are
+unaffected.
 
 Query kinds for evaluation only: pairs whose ``query_type`` is in ``eval_only_query_types`` (default the offline
 generator's inverse-cloze sentences) stay in val and test and are left out of train. On real claims about 300
@@ -27,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections import Counter
+from collections.abc import Collection
 from pathlib import Path
 from typing import ClassVar
 
@@ -76,8 +79,9 @@ class SplitConfig(BaseModel):
     def assignment_settings(self) -> dict:
         """What decides which split a document is in: an earlier assignment is kept only while these are equal."""
         return self.model_dump(
-            include={"train_ratio", "val_ratio", "test_ratio", "small_data_max_documents", "small_data_ratios", "seed"}
-        )
+            include={"train_ratio", "val_ratio", "test_ratio", "small_data_max_documents", "small_data_ratios", "seed",
+                     "min_test_queries", "max_test_ratio"}
+        )  # fmt: skip
 
     @model_validator(mode="after")
     def _ratios_sum_to_one(self) -> SplitConfig:
@@ -129,15 +133,23 @@ def assign_documents(doc_ids: list[str], ratios: list[float], seed: int) -> dict
 
 
 def grow_test_split(
-    doc_splits: dict[str, str], kept: list[QAPair], seed: int, min_queries: int, max_ratio: float
+    doc_splits: dict[str, str],
+    kept: list[QAPair],
+    seed: int,
+    min_queries: int,
+    max_ratio: float,
+    fixed: Collection[str] = (),
 ) -> list[str]:
     """Move training documents to test (highest hash first) until the test split holds ``min_queries`` queries or
-    ``max_ratio`` of the documents; returns the documents moved. Only single-document pairs are counted."""
+    ``max_ratio`` of the documents; returns the documents moved. Only single-document pairs are counted. ``fixed``
+    documents (an earlier run's) never move: a refresh grows the test split with new documents only."""
     per_doc = Counter(p.doc_ids[0] for p in kept if len(set(p.doc_ids)) == 1)
     test_queries = sum(n for d, n in per_doc.items() if doc_splits.get(d) == "test")
     room = int(max_ratio * len(doc_splits)) - sum(s == "test" for s in doc_splits.values())
     moved: list[str] = []
-    candidates = sorted((d for d, s in doc_splits.items() if s == "train"), key=lambda d: -_unit_hash(seed, d))
+    candidates = sorted(
+        (d for d, s in doc_splits.items() if s == "train" and d not in fixed), key=lambda d: -_unit_hash(seed, d)
+    )
     for doc in candidates:
         if test_queries >= min_queries or len(moved) >= room:
             break
@@ -167,7 +179,8 @@ def split_pairs(
             doc_splits[doc] = split
             kept_assignments += 1
     kept = [p for p in pairs if p.quality_score >= config.quality_threshold]
-    grown = grow_test_split(doc_splits, kept, config.seed, config.min_test_queries, config.max_test_ratio)
+    fixed = {d for d in (previous or {}) if d in doc_splits}
+    grown = grow_test_split(doc_splits, kept, config.seed, config.min_test_queries, config.max_test_ratio, fixed)
     out: dict[str, list[QAPair]] = {s: [] for s in SPLITS}
     cross = eval_only = 0
     for pair in kept:

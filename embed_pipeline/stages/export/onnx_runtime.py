@@ -71,9 +71,14 @@ class OnnxEncoder(TokenizedEncoder):
         self._feed_names = [i.name for i in self.session.get_inputs()]
 
     def fingerprint(self) -> str:
-        """The graph's bytes, its tokenizer's and the execution providers (their numerics differ slightly)."""
-        files = [self.path, *sorted(self.folder.glob("tokenizer*")), *sorted(self.folder.glob("*.model"))]
-        return file_sha256_many(files, extra=",".join(self.providers))
+        """The graph's bytes with its external weights (a graph over 2 GB keeps them beside it, in files the graph
+        names: the graph file alone would be the same for two checkpoints of one architecture), its tokenizer's,
+        the execution providers and ONNX Runtime's version (their numerics differ slightly)."""
+        import onnxruntime as ort
+
+        weights = sorted(p for p in self.folder.glob(f"{self.path.name}*") if p != self.path)  # e.g. model.onnx.data
+        files = [self.path, *weights, *sorted(self.folder.glob("tokenizer*")), *sorted(self.folder.glob("*.model"))]
+        return file_sha256_many(files, extra=f"{','.join(self.providers)} onnxruntime {ort.__version__}")
 
     def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         out = self.session.run([self.manifest.output], {name: feeds[name] for name in self._feed_names})[0]

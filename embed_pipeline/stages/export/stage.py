@@ -17,9 +17,9 @@ from embed_pipeline.core.embedding_cache import EmbeddingCache
 from embed_pipeline.core.reuse import inputs_fingerprint
 from embed_pipeline.core.stage import Stage
 from embed_pipeline.stages.evaluation.beir import EvalSet
-from embed_pipeline.stages.export.manifest import OnnxModel, drop_variants
+from embed_pipeline.stages.export.manifest import OnnxModel, drop_variants, read_manifest
 from embed_pipeline.stages.export.onnx_export import OnnxExportConfig, OnnxExportResult
-from embed_pipeline.stages.export.parity import ParityReport
+from embed_pipeline.stages.export.parity import PARITY_THRESHOLDS, ParityReport
 from embed_pipeline.stages.export.tensorrt_engine import TensorRTConfig, TensorRTEngine, TensorRTResult
 from embed_pipeline.stages.finetuned_model import FinetunedModel
 
@@ -44,25 +44,33 @@ class OnnxOutput(BaseModel):
 
 
 def _export_fingerprint(inputs: OnnxInputs, config: OnnxExportConfig) -> str:
-    """What the export depends on: the checkpoint's bytes and the export settings (not the eval set: only the
-    parity measured on it, which every run measures again, with the embedding cache)."""
-    settings = {"config": config.model_dump(mode="json"), "trust": inputs.trust_remote_code}
-    ignore = {FinetunedModel.CARD, FinetunedModel.HISTORY}
-    return inputs_fingerprint([inputs.finetuned_model.dir], settings, ignore=ignore)
+    """What the export depends on: the checkpoint's bytes (with its training history, which says how it embeds),
+    the export settings and the exporting libraries' versions. Not the eval set: only the parity measured on it,
+    which every run measures again, with the embedding cache."""
+    from embed_pipeline.stages.export.onnx_export import _versions
+
+    settings = {"config": config.model_dump(mode="json"), "trust": inputs.trust_remote_code, "versions": _versions()}
+    return inputs_fingerprint([inputs.finetuned_model.dir], settings, ignore={FinetunedModel.CARD})
 
 
 def _reusable_export(inputs: OnnxInputs, fingerprint: str, log: logging.Logger) -> OnnxExportResult | None:
     """The export already in place when it was made from exactly this checkpoint and settings (a refresh that did
-    not retrain), its files limited to the variants still in it."""
+    not retrain) and it still holds fp32 and the served variant; its files as they are now."""
     try:
         saved = json.loads(inputs.out.file(OnnxModel.INPUTS).read_text(encoding="utf-8"))
         if saved.get("fingerprint") != fingerprint or not inputs.out.exists():
             return None
         result = OnnxExportResult.model_validate(saved["export"])
+        manifest = read_manifest(inputs.out.dir)
     except (OSError, ValueError, KeyError, TypeError):
         return None
+    needed = {"fp32"} | ({inputs.served_variant} if inputs.served_variant in result.files else set())
+    if not needed <= set(manifest.variants):  # e.g. the variant now served was dropped for failing its parity
+        return None
+    files = {v: inputs.out.dir / Path(f).name for v, f in result.files.items()}  # the folder may have moved
+    files = {v: f for v, f in files.items() if f.exists() and (v not in PARITY_THRESHOLDS or v in manifest.variants)}
     log.info("onnx_model: the checkpoint and export settings are unchanged; the export in place is kept")
-    return result.model_copy(update={"files": {v: p for v, p in result.files.items() if Path(p).exists()}})
+    return result.model_copy(update={"files": files, "out_dir": inputs.out.dir})
 
 
 def run_onnx_export(inputs: OnnxInputs, config: OnnxExportConfig, log: logging.Logger) -> OnnxOutput:

@@ -21,6 +21,8 @@ from embed_pipeline.stages.sdg.generators.base import Generated, Generator, Gene
 from embed_pipeline.stages.sdg.offline import OfflineGeneratorConfig, generate_offline
 
 CACHE_FILE = "offline_cache.jsonl"
+# Part of every cache key: raise it when the generator's code changes what it makes, so no chunk keeps old queries.
+GENERATOR_VERSION = 1
 
 
 class CachedQueries(BaseModel):
@@ -31,7 +33,11 @@ class CachedQueries(BaseModel):
 
 
 def _key(config: OfflineGeneratorConfig, unit: str, chunks: list[Chunk]) -> str:
-    payload = {"config": config.model_dump(mode="json"), unit: [[c.chunk_id, c.text] for c in chunks]}
+    payload = {
+        "version": GENERATOR_VERSION,
+        "config": config.model_dump(mode="json"),
+        unit: [[c.chunk_id, c.text] for c in chunks],
+    }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode("utf-8")).hexdigest()
 
 
