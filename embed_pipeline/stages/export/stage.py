@@ -70,7 +70,7 @@ def _reusable_export(inputs: OnnxInputs, fingerprint: str, log: logging.Logger) 
     files = {v: inputs.out.dir / Path(f).name for v, f in result.files.items()}  # the folder may have moved
     files = {v: f for v, f in files.items() if f.exists() and (v not in PARITY_THRESHOLDS or v in manifest.variants)}
     log.info("onnx_model: the checkpoint and export settings are unchanged; the export in place is kept")
-    return result.model_copy(update={"files": files, "out_dir": inputs.out.dir})
+    return result.model_copy(update={"files": files, "out_dir": inputs.out.dir, "seconds": 0.0})  # nothing exported now
 
 
 def run_onnx_export(inputs: OnnxInputs, config: OnnxExportConfig, log: logging.Logger) -> OnnxOutput:
