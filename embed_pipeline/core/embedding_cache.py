@@ -95,6 +95,11 @@ class EmbeddingCache:
             )
             db.execute("CREATE INDEX IF NOT EXISTS vectors_used ON vectors (used)")
 
+    @classmethod
+    def open(cls, path: Path | str | None) -> EmbeddingCache | None:
+        """The cache at ``path``, or None when there is none (the cache is turned off)."""
+        return cls(path) if path else None
+
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
         # Autocommit, with explicit transactions; a writer waits up to two minutes for another run's transaction.

@@ -285,7 +285,7 @@ def run_mining(inputs: MiningInputs, config: MiningConfig, log: logging.Logger) 
         raise ValueError(
             f"No training queries in {inputs.qa_splits.dir}: add documents or lower quality_threshold in qa_splits."
         )
-    cache = EmbeddingCache(inputs.embedding_cache) if inputs.embedding_cache else None
+    cache = EmbeddingCache.open(inputs.embedding_cache)
     result = mine_hard_negatives(pairs, chunks, test_docs, Encoder(inputs.encoder).use_cache(cache), config, log)
     # Checkpoint selection retrieves the val queries over the mining corpus (never a test passage). Written before
     # the rows, whose train.jsonl marks the folder complete.

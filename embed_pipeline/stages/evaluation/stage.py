@@ -387,7 +387,7 @@ def run_metrics_stage(
         inputs.out.dir,
         logger=log,
         passages=corpus_passages(inputs.chunks, inputs.qa_pairs) if config.eval_queries else None,
-        cache=EmbeddingCache(inputs.embedding_cache) if inputs.embedding_cache else None,
+        cache=EmbeddingCache.open(inputs.embedding_cache),
         frozen=inputs.eval_set.frozen(),
     )
     # The card travels with the weights (e.g. to the Hugging Face Hub), so it carries the measured gain.

@@ -90,7 +90,7 @@ def run_onnx_export(inputs: OnnxInputs, config: OnnxExportConfig, log: logging.L
         write_json(inputs.out.file(OnnxModel.INPUTS), saved)
     variants = [v for v in result.files if v in parity.PARITY_THRESHOLDS]  # fp32, int8, fp16 (not the portable graph)
     # The checkpoint encodes the eval set once for all variants.
-    cache = EmbeddingCache(inputs.embedding_cache) if inputs.embedding_cache else None
+    cache = EmbeddingCache.open(inputs.embedding_cache)
     measured = parity.check_parity_variants(
         model_dir, out, inputs.eval_set.dir, variants, logger=log, trust_remote_code=trust, cache=cache
     )

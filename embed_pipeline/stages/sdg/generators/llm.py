@@ -19,7 +19,7 @@ CACHE_FILE = "llm_cache.sqlite"  # in the qa_pairs folder: an unchanged chunk co
 def _generate(inputs: GeneratorInputs, sections: dict[str, BaseModel], log: logging.Logger) -> Generated:
     endpoint = sections["llm_endpoint"].model_copy(update={"api_key": get_settings().llm_api_key})
     endpoint.require_key()
-    vectors = EmbeddingCache(inputs.embedding_cache) if inputs.embedding_cache else None
+    vectors = EmbeddingCache.open(inputs.embedding_cache)
     result = generate_llm(
         inputs.chunks, sections["llm"], endpoint, inputs.encoder, cache_path=inputs.work_dir / CACHE_FILE, logger=log,
         embedding_cache=vectors,
