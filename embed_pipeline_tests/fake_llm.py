@@ -1,8 +1,11 @@
 """A fake LLM for the tests: a FakeLLMServer responder that answers the generator's three steps like a small model.
 
 It finds the step from the system prompt, the ``[S1] text`` segments and the requested number of pairs in the user
-message, and answers with well-formed JSON built from them. Faults (a bad segment id, a non-standalone question, a
-duplicate, 500s) are switched on per chunk by a snippet of the chunk's text, so a test can break exactly one unit.
+message, and answers with well-formed JSON built from them (listing artifacts first when the QA prompt asks for
+them). Token counts are estimated as characters / 4 of the request and the answer, so cost figures scale like a real
+server's. Faults (a bad segment id, a non-standalone question, a duplicate, 500s, an answer cut off at max_tokens
+when a request shows more than one segment) are switched on per chunk by a snippet of the chunk's text, so a test
+can break exactly one unit.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import time
 import zlib
 
 from embed_pipeline.stages.sdg.llm.prompts import ARTIFACTS_MARKER, JUDGE_MARKER, QA_MARKER
-from embed_pipeline_tests.fake_llm_server import Reply, reply_json, reply_status
+from embed_pipeline_tests.fake_llm_server import Reply, reply_json, reply_status, reply_text
 
 QUERY_TYPES = ["multi_hop", "structural", "contextual"]
 REASONING_TYPES = ["factual", "relational", "inferential", "temporal", "procedural", "causal"]
@@ -55,7 +58,11 @@ class FakeLLM:
         try:
             if self.delay_s:
                 time.sleep(self.delay_s)
-            return self.answer(request)
+            reply = self.answer(request)
+            if reply.status == 200 and reply.content is not None:
+                sent = sum(len(str(m.get("content") or "")) for m in request["messages"])
+                reply.prompt_tokens, reply.completion_tokens = max(1, sent // 4), max(1, len(reply.content) // 4)
+            return reply
         finally:
             with self.lock:
                 self.in_flight -= 1
@@ -70,40 +77,53 @@ class FakeLLM:
             return reply_status(500, message="scripted overload")
         segments = re.findall(r"^\[(S\d+)\] (.*)$", user, re.M)
         assert segments, "every request shows [S1] segments"
+        if "truncate" in faults and len(segments) > 1 and step in ("qa", "judge"):
+            return reply_text('{"pairs": [{"question": "What is', finish_reason="length")
         if step == "artifacts":
-            first = [" ".join(text.split()[:2]) for _, text in segments]
-            return reply_json(
-                {
-                    "key_concepts": first + ["extra concept", "another one"],
-                    "entities": first,
-                    "technical_terms": [],
-                    "identifiers": [w for _, t in segments for w in re.findall(r"\w+\(\)", t)],
-                    "relationships": [],
-                    "processes": [],
-                    "insights": ["a short insight"],
-                }
-            )
+            return reply_json(self.artifacts(segments))
         if step == "qa":
-            return reply_json({"pairs": self.pairs(user, segments, faults)})
+            answer = {"pairs": self.pairs(user, segments, faults)}
+            if '{"artifacts":' in user:
+                answer = {"artifacts": self.artifacts(segments), **answer}
+            return reply_json(answer)
         reasked = len(request["messages"]) > 2  # the client added its answer and a correction
         return reply_json({"scores": self.scores(user, faults - {"judge_partial"} if reasked else faults)})
 
+    @staticmethod
+    def artifacts(segments: list[tuple[str, str]]) -> dict:
+        first = [" ".join(text.split()[:2]) for _, text in segments]
+        return {
+            "key_concepts": first + ["extra concept", "another one"],
+            "entities": first,
+            "technical_terms": [],
+            "identifiers": [w for _, t in segments for w in re.findall(r"\w+\(\)", t)],
+            "relationships": [],
+            "processes": [],
+            "insights": ["a short insight"],
+        }
+
     def pairs(self, user: str, segments: list[tuple[str, str]], faults: set[str]) -> list[dict]:
         n = int(re.search(r"Write exactly (\d+) question-answer pairs", user).group(1))
+        query_part, reasoning_part = user.split("\nReasoning types", 1)
+        # The types the prompt asks for, each as often as its count, in the order listed (what a model should do).
+        query_types = [t for t, k in re.findall(r"^- (\w+) \((\d+)\):", query_part, re.M) for _ in range(int(k))]
+        reasoning = [t for t, k in re.findall(r"^- (\w+) \((\d+)\):", reasoning_part, re.M) for _ in range(int(k))]
+        query_types, reasoning = query_types or QUERY_TYPES, reasoning or REASONING_TYPES
         out = []
         for j in range(n):
             sid, text = segments[j % len(segments)]
             words = re.findall(r"[A-Za-z_][\w]*", text)
             offset = (5 * j) % max(1, len(words) - 4)
             topic = " ".join(words[offset : offset + 4])
-            multi = len(segments) > 1 and j % 3 == 0
-            cited = [s for s, _ in segments[:2]] if multi else [sid]
+            query_type = query_types[(j * len(query_types)) // n % len(query_types)]
+            multi = len(segments) > 1 and query_type == "multi_hop"
+            cited = list(dict.fromkeys([sid, segments[(j + 1) % len(segments)][0]])) if multi else [sid]
             out.append(
                 {
                     "question": f"{WH[j % len(WH)]} does {topic} mean for {words[0]} users?",
                     "answer": f"It concerns {topic}.",
-                    "query_type": "multi_hop" if multi else QUERY_TYPES[j % 3],
-                    "reasoning_type": REASONING_TYPES[j % 6],
+                    "query_type": query_type,
+                    "reasoning_type": reasoning[(j * len(reasoning)) // n % len(reasoning)],
                     "segment_ids": cited,
                     "hop_count": len(cited),
                     "hop_contexts": [" ".join(t.split()[:6]) for s, t in segments if s in cited],

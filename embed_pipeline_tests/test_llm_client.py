@@ -131,6 +131,21 @@ def test_trivially_malformed_json_is_repaired_without_another_call(text):
     assert client.stats.repaired == 1 and client.stats.reasks == 0
 
 
+def test_an_answer_cut_off_at_max_tokens_is_truncated_not_reasked_and_not_cached(tmp_path):
+    # Repairable JSON, but the server says it stopped at max_tokens: the same request would be cut again, and a
+    # repaired half-list would pass for a complete answer; the caller must ask for less.
+    cut = reply_text('{"question": "What does heapq.heappush do?", "score": 8', finish_reason="length")
+    with FakeLLMServer(script(cut)) as server, LLMCache(tmp_path / "c.sqlite") as cache:
+        client = client_for(server, cache=cache, max_tokens=64)
+        with pytest.raises(LLMCallError) as info:
+            client.structured("qa", messages(), Answer)
+        assert len(cache) == 0
+    assert info.value.reason == "truncated" and "max_tokens (64)" in info.value.message
+    assert len(server.requests) == 1
+    stats = client.snapshot()
+    assert stats.reasks == 0 and stats.failures == {"truncated": 1} and stats.answers == {}
+
+
 def test_unrepairable_garbage_is_reasked_then_counted_malformed():
     with FakeLLMServer(script(reply_text("I cannot answer in JSON, sorry."))) as server:
         client = client_for(server, max_parse_attempts=3)
@@ -520,9 +535,10 @@ def test_model_for_roles():
 
 def test_generator_config_defaults():
     config = LLMGeneratorConfig()
-    assert (config.num_pairs, config.max_artifacts_per_type, config.dedup_threshold) == (7, 2, 0.9)
-    assert config.query_types == ["multi_hop", "structural", "contextual"]
-    assert len(config.reasoning_types) == 6 and config.bundle_size == 1 and config.max_parse_attempts == 3
+    assert (config.pairs_per_chunk, config.max_artifacts_per_type, config.dedup_threshold) == (7, 2, 0.9)
+    assert config.query_counts == {"multi_hop": 3, "structural": 2, "contextual": 2}
+    assert len(config.reasoning_types) == 7 and config.bundle_size == 1 and config.max_parse_attempts == 3
+    assert (config.section_chunks, config.judge_batch_pairs, config.artifacts) == (12, 192, "in_qa_call")
     assert all(field.description for field in LLMGeneratorConfig.model_fields.values())
     assert all(field.description for field in LLMEndpointConfig.model_fields.values())
 

@@ -21,7 +21,12 @@ import numpy as np
 import pytest
 
 from embed_pipeline.core.records import Chunk
-from embed_pipeline.stages.sdg.llm.config import LLMEndpointConfig, LLMGeneratorConfig
+from embed_pipeline.stages.sdg.llm.config import (
+    RECIPE_QUERY_COUNTS,
+    RECIPE_REASONING_COUNTS,
+    LLMEndpointConfig,
+    LLMGeneratorConfig,
+)
 from embed_pipeline.stages.sdg.llm.generator import JUDGE_BINS, generate_llm, judge_bin, match_type
 from embed_pipeline.stages.sdg.llm.prompts import (
     PROMPT_VERSION,
@@ -29,7 +34,6 @@ from embed_pipeline.stages.sdg.llm.prompts import (
     is_standalone,
     judge_messages,
     qa_messages,
-    spread,
 )
 from embed_pipeline.stages.sdg.llm.schemas import ArtifactExtraction, GeneratedPair, JudgeScore, QAGeneration
 from embed_pipeline_tests.conftest import SAMPLE_DOCS
@@ -91,8 +95,18 @@ def endpoint_for(server: FakeLLMServer, **overrides) -> LLMEndpointConfig:
     return LLMEndpointConfig(**values)
 
 
+def counts(pairs_per_chunk: int) -> dict[str, dict[str, int]]:
+    """query_counts and reasoning_counts giving ``pairs_per_chunk`` pairs per chunk, every type still allowed."""
+    query = {t: pairs_per_chunk // 3 + (1 if i < pairs_per_chunk % 3 else 0) for i, t in enumerate(QUERY_TYPES)}
+    reasoning = {t: 1 if i < pairs_per_chunk else 0 for i, t in enumerate(REASONING_TYPES)}
+    reasoning[REASONING_TYPES[0]] += max(0, pairs_per_chunk - len(REASONING_TYPES))
+    return {"query_counts": query, "reasoning_counts": reasoning}
+
+
 def gen_config(**overrides) -> LLMGeneratorConfig:
-    return LLMGeneratorConfig(num_pairs=overrides.pop("num_pairs", 3), **overrides)
+    """Per chunk, artifacts in their own call (the three steps of the recipe, one unit per chunk), 3 pairs each."""
+    values = {"section_chunks": 1, "artifacts": "own_call", **counts(overrides.pop("pairs_per_chunk", 3))}
+    return LLMGeneratorConfig(**{**values, **overrides})
 
 
 def run(server, chunks, cache_path, config=None, encoder=None, encoder_config=None, **endpoint):
@@ -161,17 +175,25 @@ def test_prompts_carry_version_segments_and_counts():
     texts = ["First  chunk\ntext.", "Second chunk text."]
     for messages in (
         artifact_messages(texts, 2),
-        qa_messages(texts, ArtifactExtraction(entities=["heapq"]), 7, QUERY_TYPES, REASONING_TYPES),
+        qa_messages(texts, ArtifactExtraction(entities=["heapq"]), RECIPE_QUERY_COUNTS, RECIPE_REASONING_COUNTS),
+        qa_messages(texts, None, RECIPE_QUERY_COUNTS, RECIPE_REASONING_COUNTS),
         judge_messages(
             texts, [GeneratedPair(question="q", answer="a", query_type="x", reasoning_type="y", segment_ids=["S1"])]
         ),
     ):
         assert f"prompt version {PROMPT_VERSION}" in messages[0]["content"]
         assert "[S1] First chunk text.\n\n[S2] Second chunk text." in messages[1]["content"]
-    qa = qa_messages(texts, ArtifactExtraction(entities=["heapq"]), 7, QUERY_TYPES, REASONING_TYPES)[1]["content"]
-    assert "Write exactly 7 question-answer pairs" in qa and "- multi_hop (3)" in qa and "- contextual (2)" in qa
-    assert "heapq" in qa and "different documents" in qa
-    assert spread(7, QUERY_TYPES) == {"multi_hop": 3, "structural": 2, "contextual": 2}
+    artifacts = ArtifactExtraction(entities=["heapq"])
+    qa = qa_messages(texts, artifacts, RECIPE_QUERY_COUNTS, RECIPE_REASONING_COUNTS, multi_document=True)
+    qa = qa[1]["content"]
+    # Counts per chunk, times the section's chunks: two segments ask for 14 pairs, 6 of them multi-hop.
+    assert "Write exactly 14 question-answer pairs (7 per segment" in qa
+    assert "- multi_hop (6)" in qa and "- contextual (4)" in qa and "- visual (2)" in qa and "- causal (2)" in qa
+    assert "heapq" in qa and "different documents" in qa and '{"artifacts":' not in qa
+    one_document = qa_messages(texts, None, RECIPE_QUERY_COUNTS, RECIPE_REASONING_COUNTS, 3)[1]["content"]
+    assert '{"artifacts":' in one_document and "up to 6 of each type" in one_document
+    assert "different documents" not in one_document
+    assert sum(RECIPE_REASONING_COUNTS.values()) == 7 and len(RECIPE_REASONING_COUNTS) == 7
     assert is_standalone("What does heapq.heappush do to list[str] items?")
     for bad in ("According to the text, what is X?", "What does the passage say?", "What is in [S2]?"):
         assert not is_standalone(bad)
@@ -203,15 +225,19 @@ def test_generates_judged_pairs_for_every_chunk(chunks, tmp_path, caplog):
     assert {p.query_id for p in result.pairs if p.positive_chunk_ids == ["heapq.md#0"]} == {
         f"heapq.md#0-l{j}" for j in range(3)
     }
-    # three steps per chunk, json_schema structured output, the judge on its own model
-    assert sorted(steps(requests)) == ["artifacts"] * 6 + ["judge"] * 6 + ["qa"] * 6
+    # artifacts and QA per chunk (section_chunks=1), one judge call per document, json_schema structured output,
+    # the judge on its own model
+    assert sorted(steps(requests)) == ["artifacts"] * 6 + ["judge"] * 3 + ["qa"] * 6
+    assert result.judge_batches == 3 and result.documents == 3 and result.pairs_requested == 18
     assert all(r.json["response_format"]["type"] == "json_schema" for r in requests)
     assert {r.json["model"] for r in requests if step_of(r.json) == "judge"} == {"fake-judge"}
     assert {r.json["model"] for r in requests if step_of(r.json) != "judge"} == {"fake-llm"}
     # stats
     stats = result.stats
-    assert stats.calls == 18 and stats.cache_hits == 0 and stats.failures == {}
-    assert stats.tokens_in == 18 * 11 and stats.tokens_out == 18 * 7
+    assert stats.calls == 15 and stats.cache_hits == 0 and stats.failures == {}
+    assert stats.answers == {"artifacts": 6, "qa": 6, "judge": 3}
+    assert stats.tokens_in > stats.tokens_out > 0
+    assert (stats.answer_tokens_in, stats.answer_tokens_out) == (stats.tokens_in, stats.tokens_out)
     expected_hist = dict.fromkeys(JUDGE_BINS, 0)
     for pair in result.pairs:
         expected_hist[judge_bin(pair.quality_score)] += 1
@@ -301,19 +327,21 @@ def test_a_failing_chunk_is_counted_and_the_others_are_kept(chunks, tmp_path):
     assert len(result.pairs) == 5 * 3
     assert all(p.positive_chunk_ids != [heap] for p in result.pairs)
     assert {p.positive_chunk_ids[0] for p in result.pairs} == {c.chunk_id for c in chunks} - {heap}
-    # the failing chunk: its artifact call, tried twice (one retry); the others: three calls each
-    assert calls == 5 * 3 + 2 and result.stats.calls == calls
+    # the failing chunk: its artifact call, tried twice (one retry); the others: two calls each; a judge per document
+    assert calls == 5 * 2 + 2 + 3 and result.stats.calls == calls
     assert result.stats.retries == 1 and result.stats.failures == {"server_error": 1}
 
 
 def test_judge_failure_drops_the_units_pairs_and_a_rerun_asks_only_the_judge(chunks, tmp_path):
     cache = tmp_path / "cache.sqlite"
-    # json chunk: the judge always fails; sqlite chunk: its first judge answer skips a pair, the re-ask is complete
+    # json document: the judge always fails; sqlite document: its first judge answer skips a pair, the re-ask is
+    # complete
     with FakeLLMServer(FakeLLM({JSON_CHUNK: "judge_error", SQLITE_CHUNK: "judge_partial"})) as server:
         result = run(server, chunks, cache, max_retries=0)
-        assert steps(server.requests).count("judge") == 6 + 1
+        assert steps(server.requests).count("judge") == 3 + 1
     assert result.failures == {"judge_failed": 1}
-    assert result.units_failed == 1 and len(result.pairs) == 18 - 3
+    assert result.units_failed == 2 and len(result.pairs) == 18 - 6
+    assert not [p for p in result.pairs if p.doc_ids == ["json.txt"]]
     assert result.stats.reasks == 1 and result.stats.failures == {"server_error": 1}
     sq = next(c.chunk_id for c in chunks if SQLITE_CHUNK in c.text)
     assert len([p for p in result.pairs if p.positive_chunk_ids == [sq]]) == 3
@@ -334,14 +362,16 @@ def test_second_run_makes_no_requests_and_a_new_document_only_its_own(tmp_path):
         second_calls = server.calls - first_calls
         third = run(server, old + new, cache)
         third_requests = server.requests[first_calls:]
-    assert first_calls == 18 and first.stats.calls == 18
-    assert second_calls == 0 and second.stats.calls == 0 and second.stats.cache_hits == 18
+    assert first_calls == 15 and first.stats.calls == 15
+    assert second_calls == 0 and second.stats.calls == 0 and second.stats.cache_hits == 15
+    assert second.stats.answers == first.stats.answers and second.stats.answer_tokens_in == first.stats.tokens_in
     assert [p.model_dump() for p in second.pairs] == [p.model_dump() for p in first.pairs]
-    # one new document of two chunks: three calls per new chunk, each about that chunk only
-    assert len(third_requests) == 6 and third.stats.calls == 6 and third.stats.cache_hits == 18
+    # one new document of two chunks: two calls per new chunk, each about that chunk only, and its judge call
+    assert len(third_requests) == 5 and third.stats.calls == 5 and third.stats.cache_hits == 15
     new_texts = [" ".join(c.text.split()) for c in new]
     for request in third_requests:
-        assert sum(t in user_message(request.json) for t in new_texts) == 1
+        quoted = sum(t in user_message(request.json) for t in new_texts)
+        assert quoted == (2 if step_of(request.json) == "judge" else 1)
     assert [p.model_dump() for p in third.pairs if p.doc_ids != ["socket"]] == [p.model_dump() for p in first.pairs]
     assert len([p for p in third.pairs if p.doc_ids == ["socket"]]) == 6
 
@@ -354,10 +384,11 @@ from embed_pipeline.core.records import Chunk
 from embed_pipeline.stages.sdg.llm.config import LLMEndpointConfig, LLMGeneratorConfig
 from embed_pipeline.stages.sdg.llm.generator import generate_llm
 
-chunks_path, base_url, cache_path = sys.argv[1:4]
+chunks_path, base_url, cache_path, config = sys.argv[1:5]
 endpoint = LLMEndpointConfig(base_url=base_url, api_key="sk-child-key", model="fake-llm", max_parallel_requests=1,
                              max_retries=0, timeout_s=30)
-generate_llm(read_jsonl(Path(chunks_path), Chunk), LLMGeneratorConfig(num_pairs=3), endpoint, None, Path(cache_path))
+generate_llm(read_jsonl(Path(chunks_path), Chunk), LLMGeneratorConfig.model_validate_json(config), endpoint, None,
+             Path(cache_path))
 print("finished")
 """
 
@@ -384,7 +415,14 @@ def test_a_killed_run_resumes_without_repeating_finished_calls(chunks, tmp_path)
     with FakeLLMServer(killer) as server:
         env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
         child["proc"] = subprocess.Popen(
-            [sys.executable, str(script_path), str(chunks_path), server.base_url, str(cache)],
+            [
+                sys.executable,
+                str(script_path),
+                str(chunks_path),
+                server.base_url,
+                str(cache),
+                gen_config().model_dump_json(),
+            ],
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -402,7 +440,7 @@ def test_a_killed_run_resumes_without_repeating_finished_calls(chunks, tmp_path)
     with FakeLLMServer(FakeLLM()) as server:
         resumed = run(server, chunks, cache)
         resumed_requests = list(server.requests)
-    assert total == 18
+    assert total == 15
     assert len(resumed_requests) == total - finished_before_kill and resumed.stats.cache_hits == finished_before_kill
     assert not finished & {json.dumps(r.json["messages"], sort_keys=True) for r in resumed_requests}
     assert [p.model_dump() for p in resumed.pairs] == [p.model_dump() for p in reference.pairs]

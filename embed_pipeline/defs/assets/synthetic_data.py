@@ -81,7 +81,10 @@ def _describe(step: StepContext, done: QAPairsOutput) -> Described:
             "num_pairs": len(pairs),
             "num_chunks": done.num_chunks,
             "generator": step.run_config.generator,
-            "by_query_type": counts_table(dict(Counter(p.query_type for p in pairs)), "query_type"),
+            "query_counts": counts_table(dict(Counter(p.query_type for p in pairs)), "query_type"),
+            "reasoning_counts": counts_table(
+                dict(Counter(p.reasoning_type or "none" for p in pairs)), "reasoning_type"
+            ),
             "quality_histogram": _histogram(scores),
             "mean_quality": round(sum(scores) / len(scores), 3) if scores else 0.0,
             **details,

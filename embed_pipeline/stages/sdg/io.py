@@ -62,6 +62,9 @@ def qa_manifest(pairs: Sequence[QAPair]) -> dict:
         "num_chunks": len({c for p in pairs for c in p.positive_chunk_ids}),
         "num_documents": len({d for p in pairs for d in p.doc_ids}),
         "by_query_type": dict(sorted(Counter(p.query_type for p in pairs).items())),
+        # The recipe's names for the same tallies (its stage0 asks for these counts; here they are what was kept).
+        "query_counts": dict(sorted(Counter(p.query_type for p in pairs).items())),
+        "reasoning_counts": dict(sorted(Counter(p.reasoning_type or "none" for p in pairs).items())),
         "by_generator": dict(sorted(Counter(p.generator for p in pairs).items())),
         "quality_histogram": histogram,
         "mean_quality_score": round(sum(scores) / len(scores), 3) if scores else None,

@@ -25,6 +25,7 @@ def _generate(inputs: GeneratorInputs, sections: dict[str, BaseModel], log: logg
         embedding_cache=vectors,
     )  # fmt: skip
     stats = result.stats
+    docs, chunks = max(1, result.documents), max(1, result.chunks)
     return Generated(
         pairs=result.pairs,
         facts={
@@ -34,13 +35,27 @@ def _generate(inputs: GeneratorInputs, sections: dict[str, BaseModel], log: logg
             "tokens_in": stats.tokens_in,
             "tokens_out": stats.tokens_out,
             "retries": stats.retries,
+            # What generating this corpus costs from scratch, cached answers counted at what they cost when asked.
+            "llm_calls_per_document": round(sum(stats.answers.values()) / docs, 2),
+            "tokens_in_per_document": round(stats.answer_tokens_in / docs, 1),
+            "tokens_out_per_document": round(stats.answer_tokens_out / docs, 1),
+            "pairs_per_document": round(len(result.pairs) / docs, 2),
+            "pairs_per_chunk": round(len(result.pairs) / chunks, 2),
+            "pairs_requested": result.pairs_requested,
             "units": result.units,
             "units_failed": result.units_failed,
+            "units_split": result.units_split,
+            "judge_batches": result.judge_batches,
+            "judge_batches_split": result.judge_batches_split,
             "endpoint": endpoint.base_url,
             "models": ", ".join(sorted({endpoint.model_for(r) for r in ("artifacts", "qa", "judge")})),
         },
-        tables={"failures": result.failures or {"none": 0}, "judge_scores": result.judge_histogram},
-        table_keys={"judge_scores": "judge overall score"},
+        tables={
+            "failures": result.failures or {"none": 0},
+            "judge_scores": result.judge_histogram,
+            "llm_calls_by_step": stats.answers or {"none": 0},
+        },
+        table_keys={"judge_scores": "judge overall score", "llm_calls_by_step": "step"},
     )
 
 

@@ -1,4 +1,9 @@
-"""Units of LLM work: one chunk alone, or a bundle of chunks from 2-3 different documents.
+"""Units of LLM work (one QA call each): a section of one document, or a bundle of chunks from 2-3 documents.
+
+A section is up to ``section_chunks`` consecutive chunks of one document (:func:`make_sections`): a document of n
+chunks is cut into ``ceil(n / section_chunks)`` sections whose sizes differ by at most one, so one QA call asks about
+several chunks at once and a document costs a few calls, not a few per chunk. Sections never cross documents, so a
+new or edited document changes only its own sections (and an unchanged one's prompts stay byte-identical).
 
 A bundle lets the LLM write questions that connect facts across documents (multi-document multi-hop). Rules:
 
@@ -85,6 +90,27 @@ def _interleaved(by_doc: dict[str, list[Chunk]], size: int) -> list[list[Chunk]]
             unit.append(by_doc[doc][cursor[doc] % len(by_doc[doc])])
             cursor[doc] += 1
     return units
+
+
+def make_sections(chunks: Sequence[Chunk], section_chunks: int) -> list[list[Chunk]]:
+    """Each document's chunks (documents in order of first appearance, chunks by index) cut into balanced sections
+    of at most ``section_chunks`` consecutive chunks."""
+    if section_chunks < 1:
+        raise ValueError(f"section_chunks must be at least 1, got {section_chunks}")
+    by_doc: dict[str, list[Chunk]] = {}
+    for chunk in chunks:
+        by_doc.setdefault(chunk.doc_id, []).append(chunk)
+    sections: list[list[Chunk]] = []
+    for doc_chunks in by_doc.values():
+        ordered = sorted(doc_chunks, key=lambda c: (c.index, c.chunk_id))
+        parts = -(-len(ordered) // section_chunks)
+        base, extra = divmod(len(ordered), parts)
+        start = 0
+        for i in range(parts):
+            size = base + (1 if i < extra else 0)
+            sections.append(ordered[start : start + size])
+            start += size
+    return sections
 
 
 def make_units(

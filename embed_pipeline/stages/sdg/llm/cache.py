@@ -52,6 +52,16 @@ class LLMCache:
             row = self._connection().execute("SELECT response FROM answers WHERE key = ?", (key,)).fetchone()
         return None if row is None else str(row[0])
 
+    def entry(self, key: str) -> tuple[str, int, int] | None:
+        """The stored answer text for ``key`` with the tokens it cost when it was asked (in, out), or None."""
+        with self._lock:
+            row = (
+                self._connection()
+                .execute("SELECT response, tokens_in, tokens_out FROM answers WHERE key = ?", (key,))
+                .fetchone()
+            )
+        return None if row is None else (str(row[0]), int(row[1] or 0), int(row[2] or 0))
+
     def put(self, key: str, role: str, model: str, response: str, tokens_in: int = 0, tokens_out: int = 0) -> None:
         """Store (or replace) one answer and commit at once."""
         with self._lock:

@@ -79,6 +79,12 @@ class CallStats(BaseModel):
     reasks: int = Field(0, description="Requests repeated because the answer was malformed or off-schema.")
     repaired: int = Field(0, description="Answers accepted after a trivial repair (fences, commas, truncation).")
     failures: dict[str, int] = Field(default_factory=dict, description="structured() calls that failed, by reason.")
+    answers: dict[str, int] = Field(
+        default_factory=dict,
+        description="Answers by role (artifacts, qa, judge), from the cache or not: the calls a cold run makes.",
+    )
+    answer_tokens_in: int = Field(0, description="Prompt tokens of those answers, cached ones at what they cost.")
+    answer_tokens_out: int = Field(0, description="Completion tokens of those answers, cached ones included.")
     fallback_to_prompt: bool = Field(False, description="The server rejected json_schema; schema sent in prompt.")
 
     def merge(self, other: CallStats) -> CallStats:
@@ -86,6 +92,9 @@ class CallStats(BaseModel):
         failures = dict(self.failures)
         for reason, n in other.failures.items():
             failures[reason] = failures.get(reason, 0) + n
+        answers = dict(self.answers)
+        for role, n in other.answers.items():
+            answers[role] = answers.get(role, 0) + n
         return CallStats(
             calls=self.calls + other.calls,
             cache_hits=self.cache_hits + other.cache_hits,
@@ -95,6 +104,9 @@ class CallStats(BaseModel):
             reasks=self.reasks + other.reasks,
             repaired=self.repaired + other.repaired,
             failures=failures,
+            answers=answers,
+            answer_tokens_in=self.answer_tokens_in + other.answer_tokens_in,
+            answer_tokens_out=self.answer_tokens_out + other.answer_tokens_out,
             fallback_to_prompt=self.fallback_to_prompt or other.fallback_to_prompt,
         )
 
@@ -103,7 +115,8 @@ class LLMCallError(Exception):
     """A structured() call that failed for good. ``reason`` is a short code; the message is already redacted.
 
     Reasons: rate_limited, server_error, timeout, connection (transient, retries exhausted), bad_request, auth,
-    malformed_json, schema_violation.
+    malformed_json, schema_violation, truncated (the answer hit max_tokens: asking again would cut it again, so the
+    caller asks for less instead).
     """
 
     def __init__(self, reason: str, message: str) -> None:
@@ -188,13 +201,14 @@ class LLMClient:
         model = self.config.model_for(role)  # type: ignore[arg-type]
         key = self.cache_key(role, model, messages, response_model)
         if self.cache is not None:
-            cached = self.cache.get(key)
+            cached = self.cache.entry(key)
             if cached is not None:
                 try:
-                    obj, _ = parse_answer(cached, response_model)
+                    obj, _ = parse_answer(cached[0], response_model)
                 except ParseError:
                     self.log.warning("Ignoring an unusable cached %s answer (key %s...)", role, key[:12])
                 else:
+                    self._count_answer(role, cached[1], cached[2])
                     with self._lock:
                         self.stats.cache_hits += 1
                     return obj
@@ -207,6 +221,7 @@ class LLMClient:
             with self._lock:
                 self.stats.failures[error.reason] = self.stats.failures.get(error.reason, 0) + 1
             raise error
+        self._count_answer(role, tokens_in, tokens_out)
         if self.cache is not None:
             try:
                 self.cache.put(key, role, model, text, tokens_in, tokens_out)
@@ -215,6 +230,12 @@ class LLMClient:
         return obj
 
     # -- internals ---------------------------------------------------------------------------------------------
+    def _count_answer(self, role: str, tokens_in: int, tokens_out: int) -> None:
+        with self._lock:
+            self.stats.answers[role] = self.stats.answers.get(role, 0) + 1
+            self.stats.answer_tokens_in += tokens_in
+            self.stats.answer_tokens_out += tokens_out
+
     def _ask(
         self,
         role: str,
@@ -231,8 +252,12 @@ class LLMClient:
             if attempt:
                 with self._lock:
                     self.stats.reasks += 1
-            text, t_in, t_out = self._complete(model, messages, extra, response_model)
+            text, t_in, t_out, finish = self._complete(model, messages, extra, response_model)
             tokens_in, tokens_out = tokens_in + t_in, tokens_out + t_out
+            if finish == "length":
+                raise LLMCallError(
+                    "truncated", f"the {role} answer reached max_tokens ({self.config.max_tokens}) and was cut off"
+                )
             try:
                 obj, repaired = parse_answer(text, response_model)
             except ParseError as exc:
@@ -297,8 +322,9 @@ class LLMClient:
         messages: list[dict[str, Any]],
         extra: list[dict[str, Any]],
         response_model: type[BaseModel],
-    ) -> tuple[str, int, int]:
-        """One answer text, retrying transient errors; switches to prompt mode when json_schema is rejected."""
+    ) -> tuple[str, int, int, str]:
+        """One answer text, tokens in and out and finish reason, retrying transient errors; switches to prompt mode
+        when json_schema is rejected."""
         retry = 0
         while True:
             prompt_mode = self._prompt_mode
@@ -342,7 +368,7 @@ class LLMClient:
 
     def _send(
         self, model: str, msgs: list[dict[str, Any]], response_format: dict[str, Any] | None
-    ) -> tuple[str, int, int]:
+    ) -> tuple[str, int, int, str]:
         """One HTTP request. Raises Transient, Fatal or SchemaRejected (messages unredacted: callers redact)."""
         kwargs: dict[str, Any] = {
             "model": model,
@@ -372,4 +398,5 @@ class LLMClient:
             self.stats.tokens_out += tokens_out
         choices = getattr(completion, "choices", None) or []
         content = choices[0].message.content if choices and choices[0].message is not None else None
-        return content or "", tokens_in, tokens_out
+        finish = str(getattr(choices[0], "finish_reason", "") or "") if choices else ""
+        return content or "", tokens_in, tokens_out, finish

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Literal
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr, model_validator
 
 if TYPE_CHECKING:  # pragma: no cover
     from embed_pipeline.core.settings import Settings
@@ -33,7 +33,12 @@ class LLMEndpointConfig(BaseModel):
     quality_judge_model: str | None = Field(None, description="Model for the quality judge; None uses `model`.")
     temperature: float = Field(0.2, ge=0.0, le=2.0, description="Sampling temperature.")
     top_p: float = Field(0.95, gt=0.0, le=1.0, description="Nucleus sampling probability mass.")
-    max_tokens: int = Field(4096, ge=1, description="Most tokens in one answer.")
+    max_tokens: int = Field(
+        16384,
+        ge=1,
+        description="Most tokens in one answer. A section of 12 chunks asks for 84 pairs (about 9,000 tokens); an "
+        "answer cut at this limit is not re-asked: its section (or judge batch) is split in two and asked again.",
+    )
     timeout_s: float = Field(120.0, gt=0.0, description="Seconds to wait for one HTTP request before retrying.")
     max_retries: int = Field(
         5, ge=0, description="Retries of one request after a 429, 5xx, connection error or timeout."
@@ -87,26 +92,49 @@ class LLMEndpointConfig(BaseModel):
         return cls(**values)
 
 
-class LLMGeneratorConfig(BaseModel):
-    """What the LLM generator asks for: pairs per chunk, artifact counts, query/reasoning types, bundling."""
+# The recipe's defaults (stage0_sdg): per record it asks for these counts of each type; here they are per chunk, so
+# every chunk gets as many pairs as the recipe gives a whole document, and a section of n chunks asks n times these.
+RECIPE_QUERY_COUNTS = {"multi_hop": 3, "structural": 2, "contextual": 2}
+RECIPE_REASONING_COUNTS = dict.fromkeys(
+    ("factual", "relational", "inferential", "temporal", "procedural", "visual", "causal"), 1
+)
 
-    num_pairs: int = Field(7, ge=1, description="Question-answer pairs requested per unit (chunk or bundle).")
+
+class LLMGeneratorConfig(BaseModel):
+    """What the LLM generator asks for: pairs per chunk by type, sections, judge batches, artifacts, bundling."""
+
+    query_counts: dict[str, int] = Field(
+        default_factory=lambda: dict(RECIPE_QUERY_COUNTS),
+        description="Pairs per chunk of each query type (the recipe's query_counts); their sum is the pairs per "
+        "chunk and must equal the sum of reasoning_counts.",
+    )
+    reasoning_counts: dict[str, int] = Field(
+        default_factory=lambda: dict(RECIPE_REASONING_COUNTS),
+        description="Pairs per chunk of each reasoning type (the recipe's seven reasoning_counts).",
+    )
+    section_chunks: int = Field(
+        12,
+        ge=1,
+        description="Most chunks of one document in one QA call (a section): a document of n chunks takes "
+        "ceil(n / section_chunks) QA calls, its sections balanced in size. 1 = one QA call per chunk.",
+    )
+    judge_batch_pairs: int = Field(
+        192, ge=1, description="Most pairs scored in one judge call; a document's pairs are judged together."
+    )
+    artifacts: Literal["in_qa_call", "own_call"] = Field(
+        "in_qa_call",
+        description="'in_qa_call': the QA call first lists the section's artifacts, then writes the pairs (one call "
+        "per section); 'own_call': a separate artifact extraction call per section, as the recipe does (one more "
+        "call per section; also used whenever artifact_extraction_model differs from qa_generation_model).",
+    )
     max_artifacts_per_type: int = Field(
-        2, ge=0, description="Most artifacts of each type (concepts, entities, identifiers, ...) extracted."
+        2, ge=0, description="Most artifacts of each type (concepts, entities, identifiers, ...) per chunk."
     )
     dedup_threshold: float = Field(
         0.9, gt=0.0, le=1.0, description="Questions of one document with base-encoder cosine above this are merged."
     )
-    query_types: list[str] = Field(
-        default_factory=lambda: ["multi_hop", "structural", "contextual"],
-        description="Query types the pairs are spread over.",
-    )
-    reasoning_types: list[str] = Field(
-        default_factory=lambda: ["factual", "relational", "inferential", "temporal", "procedural", "causal"],
-        description="Reasoning types the pairs are spread over.",
-    )
     bundle_size: int = Field(
-        1, ge=1, le=3, description="1: one chunk per unit; 2-3: bundles of chunks from 2-3 different documents."
+        1, ge=1, le=3, description="1: sections of one document; 2-3: bundles of chunks from 2-3 different documents."
     )
     bundle_strategy: Literal["sequential", "interleaved"] = Field(
         "sequential",
@@ -115,3 +143,30 @@ class LLMGeneratorConfig(BaseModel):
     max_parse_attempts: int = Field(
         3, ge=1, description="Total tries for one step when the answer is malformed or violates the schema."
     )
+
+    @model_validator(mode="after")
+    def _counts_agree(self) -> LLMGeneratorConfig:
+        for name, counts in (("query_counts", self.query_counts), ("reasoning_counts", self.reasoning_counts)):
+            if not counts or any(not k.strip() for k in counts) or any(v < 0 for v in counts.values()):
+                raise ValueError(f"{name} needs at least one type name with a count >= 0, got {counts}")
+        if sum(self.query_counts.values()) < 1 or sum(self.query_counts.values()) != sum(
+            self.reasoning_counts.values()
+        ):
+            raise ValueError(
+                f"query_counts and reasoning_counts give the pairs per chunk and must have the same positive sum: "
+                f"got {sum(self.query_counts.values())} ({self.query_counts}) and "
+                f"{sum(self.reasoning_counts.values())} ({self.reasoning_counts}); change one of them."
+            )
+        return self
+
+    @property
+    def pairs_per_chunk(self) -> int:
+        return sum(self.query_counts.values())
+
+    @property
+    def query_types(self) -> list[str]:
+        return list(self.query_counts)
+
+    @property
+    def reasoning_types(self) -> list[str]:
+        return list(self.reasoning_counts)

@@ -1,12 +1,16 @@
-"""The LLM synthetic Q&A generator: artifacts -> QA pairs -> dedup -> judge, per chunk or per bundle of chunks.
+"""The LLM synthetic Q&A generator: (artifacts +) QA per section -> dedup -> judge per document, in few calls.
 
-For every unit (one chunk, or a bundle of chunks from 2-3 documents; see :mod:`.bundling`) the segments are shown
-to the LLM as ``[S1] text``, ``[S2] text``:
+Work is cut into units, one QA call each (see :mod:`.bundling`): a *section* of up to ``section_chunks`` consecutive
+chunks of one document (the default), or a bundle of chunks from 2-3 documents (``bundle_size`` 2-3). A unit's
+chunks are shown to the LLM as ``[S1] text``, ``[S2] text``:
 
-1. **Artifact extraction** (:class:`~.schemas.ArtifactExtraction`): key concepts, entities, technical terms,
-   identifiers, relationships, processes, insights; each list capped at ``max_artifacts_per_type``.
-2. **QA generation** (:class:`~.schemas.QAGeneration`): ``num_pairs`` pairs spread over the query and reasoning
-   types, each naming its supporting segment ids, hop count and hop contexts. Each pair is checked:
+1. **Artifacts** (:class:`~.schemas.ArtifactExtraction`): key concepts, entities, technical terms, identifiers,
+   relationships, processes, insights, up to ``max_artifacts_per_type`` per chunk of each. By default the QA call
+   lists them first and then writes its pairs (:class:`~.schemas.QAWithArtifacts`, ``artifacts="in_qa_call"``);
+   ``artifacts="own_call"`` (or a different artifact model) asks for them in a separate call first, as the recipe
+   does.
+2. **QA generation**: ``pairs_per_chunk x chunks`` pairs (the ``query_counts`` and ``reasoning_counts`` per chunk,
+   times the chunks), each naming its supporting segment ids, hop count and hop contexts. Each pair is checked:
 
    - a pair citing a segment id the unit does not have (or none) is dropped: ``invalid_segment_ids``;
    - a question that points back at the text ("in the context", "according to the text", "the passage", "the
@@ -15,25 +19,33 @@ to the LLM as ``[S1] text``, ``[S2] text``:
      (``"Multi-hop"`` -> ``multi_hop``); a name that still matches none is dropped and counted
      (``unknown_query_type`` / ``unknown_reasoning_type``): the label is part of the pair's meaning and a wrong
      one would mislabel the metrics by type;
-   - an empty question or answer is dropped (``empty_question_or_answer``); pairs beyond ``num_pairs`` are ignored
-     (``excess_pairs``); a unit whose answer has no pairs at all is counted (``no_pairs``).
+   - an empty question or answer is dropped (``empty_question_or_answer``); pairs beyond the number asked are
+     ignored (``excess_pairs``); a unit whose answer has no pairs at all is counted (``no_pairs``).
+
+   An answer cut off at ``max_tokens`` (``truncated``) is not asked again as is: the unit is split in two halves
+   and each is asked on its own (``units_split``), down to single chunks.
 3. **Deduplication** within each document (after all units): questions are encoded with the base encoder (kind
    ``query``) and a question whose cosine to an earlier kept question of the same document is at least
    ``dedup_threshold`` is dropped (``dedup_removed``); earlier = unit order, then position in the LLM answer, so the
    result does not depend on thread timing. Without an encoder (none given, no ``encoder_config``) only questions
    identical after case and whitespace folding are duplicates.
-4. **Judge** (:class:`~.schemas.JudgeResult`): one call per unit scores all of its surviving pairs 1-10 on
-   relevance, accuracy, context support, clarity and overall; ``overall`` becomes ``QAPair.quality_score`` (the
-   ``quality_threshold`` filter of ``qa_splits`` uses it). The judge's schema asks for exactly one score per pair
-   (:func:`~.schemas.judge_result_model`), so an answer that skips a pair is re-asked rather than cached; when the
-   judge call fails for good the unit's pairs are dropped (``judge_failed``): they have no score, and the next run
-   asks only the judge again (the other answers are cached). ``judge_missing_score`` counts pairs left unscored
-   anyway (defensive; the schema check makes it rare).
+4. **Judge** (:class:`~.schemas.JudgeResult`): the surviving pairs of one document (of one bundle, with bundles) are
+   scored together, in batches of at most ``judge_batch_pairs``, 1-10 on relevance, accuracy, context support,
+   clarity and overall; the batch shows the chunks its pairs cite, renumbered ``S1..Sm``. ``overall`` becomes
+   ``QAPair.quality_score`` (the ``quality_threshold`` filter of ``qa_splits`` uses it). The judge's schema asks for
+   exactly one score per pair (:func:`~.schemas.judge_result_model`), so an answer that skips a pair is re-asked
+   rather than cached; a batch whose answer is cut off, or still skips pairs, is split in two and asked again
+   (``judge_batches_split``); when a judge call fails for good its pairs are dropped (``judge_failed``, per batch):
+   they have no score, and the next run asks only the judge again (the other answers are cached).
+
+Calls per document: ``ceil(chunks / section_chunks)`` QA calls (twice that with ``artifacts="own_call"``) plus
+``ceil(pairs / judge_batch_pairs)`` judge calls; with the defaults (12 chunks, 192 pairs) a document of up to 12
+chunks costs 2 calls where asking per chunk cost 3 per chunk.
 
 Every LLM answer goes through :class:`~.client.LLMClient` with a :class:`~.cache.LLMCache` at ``cache_path``: an
-unchanged corpus costs zero requests, a new document costs requests for its chunks only (``bundle_size=1``), and a
-killed run resumes without repeating finished calls. Units run on ``max_parallel_requests`` threads; a unit whose
-call fails for good (:class:`~.client.LLMCallError`) is counted by reason and skipped, the others are kept.
+unchanged corpus costs zero requests, a new document costs requests for its own sections and judge batches only,
+and a killed run resumes without repeating finished calls. Units run on ``max_parallel_requests`` threads; a unit
+whose call fails for good (:class:`~.client.LLMCallError`) is counted by reason and skipped, the others are kept.
 """
 
 from __future__ import annotations
@@ -44,7 +56,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -53,12 +65,18 @@ from pydantic import BaseModel, Field
 
 from embed_pipeline.core.progress import Progress
 from embed_pipeline.core.records import Chunk, QAPair
-from embed_pipeline.stages.sdg.llm.bundling import make_units, unit_key
+from embed_pipeline.stages.sdg.llm.bundling import make_sections, make_units, unit_key
 from embed_pipeline.stages.sdg.llm.cache import LLMCache
 from embed_pipeline.stages.sdg.llm.client import CallStats, LLMCallError, LLMClient
 from embed_pipeline.stages.sdg.llm.config import LLMEndpointConfig, LLMGeneratorConfig
 from embed_pipeline.stages.sdg.llm.prompts import artifact_messages, is_standalone, judge_messages, qa_messages
-from embed_pipeline.stages.sdg.llm.schemas import ArtifactExtraction, GeneratedPair, QAGeneration, judge_result_model
+from embed_pipeline.stages.sdg.llm.schemas import (
+    ArtifactExtraction,
+    GeneratedPair,
+    QAGeneration,
+    QAWithArtifacts,
+    judge_result_model,
+)
 
 if TYPE_CHECKING:  # pragma: no cover - torch is imported only when deduplication needs the encoder
     from embed_pipeline.core.embedding_cache import EmbeddingCache
@@ -67,6 +85,8 @@ if TYPE_CHECKING:  # pragma: no cover - torch is imported only when deduplicatio
 _log = logging.getLogger("embed_pipeline.sdg.llm")
 
 JUDGE_BINS = ("1-2", "3-4", "5-6", "7-8", "9-10")
+# Failures after which a smaller request may succeed: the answer was cut off, or a long judge list skipped pairs.
+_SPLITTABLE = frozenset({"truncated", "schema_violation", "malformed_json"})
 
 
 class LLMGenerationResult(BaseModel):
@@ -74,13 +94,19 @@ class LLMGenerationResult(BaseModel):
 
     pairs: list[QAPair] = Field(description="Judged pairs, in unit order then answer order.")
     stats: CallStats = Field(description="Requests sent, cache hits, tokens in/out, retries, call failures by reason.")
-    units: int = Field(description="Work units (chunks, or bundles of chunks).")
+    documents: int = Field(0, description="Documents the chunks come from.")
+    chunks: int = Field(0, description="Chunks asked about.")
+    units: int = Field(description="QA units (sections of one document, or bundles of chunks) before any split.")
     units_failed: int = Field(description="Units that gave no pairs because a call failed for good.")
+    units_split: int = Field(0, description="Units split in two because an answer was cut off at max_tokens.")
+    judge_batches: int = Field(0, description="Judge calls needed (batches of pairs) before any split.")
+    judge_batches_split: int = Field(0, description="Judge batches split in two after a cut-off or incomplete answer.")
+    pairs_requested: int = Field(0, description="Pairs asked of the QA step (pairs per chunk x chunks).")
     candidates: int = Field(0, description="Pairs returned by the QA step, before any filter.")
     failures: dict[str, int] = Field(
         default_factory=dict,
         description="Dropped pairs and failed units by reason: invalid_segment_ids, not_standalone, dedup_removed, "
-        "judge_failed (units), judge_missing_score, unknown_query_type, ... and unit-level call failure reasons "
+        "judge_failed (batches), judge_missing_score, unknown_query_type, ... and unit-level call failure reasons "
         "(server_error, timeout, malformed_json, ...).",
     )
     judge_histogram: dict[str, int] = Field(
@@ -93,11 +119,24 @@ class LLMGenerationResult(BaseModel):
 class _Draft:
     """A checked pair waiting for dedup and the judge."""
 
-    unit: int
+    unit: int  # the QA unit it came from
+    key: str  # the unit (or, after a split, the part of it) that was asked: the query id's stem
     index: int  # position in the LLM answer
     pair: GeneratedPair
     chunk_ids: list[str]
     doc_ids: list[str]
+
+
+@dataclass
+class _UnitAnswer:
+    """What the QA step gave for one unit (after any splits)."""
+
+    drafts: list[_Draft] = field(default_factory=list)
+    drops: Counter = field(default_factory=Counter)
+    returned: int = 0
+    requested: int = 0
+    empty_answers: int = 0
+    splits: int = 0
 
 
 def _canonical_name(value: str) -> str:
@@ -120,14 +159,15 @@ def judge_bin(score: float) -> str:
 
 
 def _check_pairs(
-    unit_index: int, unit: Sequence[Chunk], answer: QAGeneration, config: LLMGeneratorConfig
+    unit_index: int, unit: Sequence[Chunk], pairs: Sequence[GeneratedPair], wanted: int, config: LLMGeneratorConfig
 ) -> tuple[list[_Draft], Counter]:
     """Keep the pairs of one QA answer that cite real segments, stand alone and carry known types."""
     segments = {f"S{i}": chunk for i, chunk in enumerate(unit, start=1)}
+    key = unit_key(unit)
     drops: Counter = Counter()
     drafts: list[_Draft] = []
-    for j, pair in enumerate(answer.pairs):
-        if j >= config.num_pairs:
+    for j, pair in enumerate(pairs):
+        if j >= wanted:
             drops["excess_pairs"] += 1
             continue
         if not pair.question.strip() or not pair.answer.strip():
@@ -160,6 +200,7 @@ def _check_pairs(
         drafts.append(
             _Draft(
                 unit=unit_index,
+                key=key,
                 index=j,
                 pair=clean,
                 chunk_ids=list(dict.fromkeys(c.chunk_id for c in cited)),
@@ -169,19 +210,49 @@ def _check_pairs(
     return drafts, drops
 
 
-def _generate_unit(
-    client: LLMClient, unit_index: int, unit: Sequence[Chunk], config: LLMGeneratorConfig
-) -> tuple[list[_Draft], Counter, int]:
-    """Artifacts then QA for one unit; raises LLMCallError when a call fails for good."""
+def _ask_unit(
+    client: LLMClient, unit_index: int, unit: Sequence[Chunk], config: LLMGeneratorConfig, separate_artifacts: bool
+) -> _UnitAnswer:
+    """(Artifacts and) QA for one unit as it is; raises LLMCallError when a call fails for good."""
     texts = [c.text for c in unit]
-    artifacts = client.structured(
-        "artifacts", artifact_messages(texts, config.max_artifacts_per_type), ArtifactExtraction
+    n = len(unit)
+    multi_document = len({c.doc_id for c in unit}) > 1
+    if separate_artifacts:
+        artifacts = client.structured(
+            "artifacts", artifact_messages(texts, config.max_artifacts_per_type * n), ArtifactExtraction
+        ).capped(config.max_artifacts_per_type * n)
+        messages = qa_messages(texts, artifacts, config.query_counts, config.reasoning_counts,
+                               multi_document=multi_document)  # fmt: skip
+        pairs = client.structured("qa", messages, QAGeneration).pairs
+    else:
+        messages = qa_messages(texts, None, config.query_counts, config.reasoning_counts,
+                               config.max_artifacts_per_type, multi_document=multi_document)  # fmt: skip
+        pairs = client.structured("qa", messages, QAWithArtifacts).pairs
+    wanted = config.pairs_per_chunk * n
+    drafts, drops = _check_pairs(unit_index, unit, pairs, wanted, config)
+    return _UnitAnswer(drafts, drops, returned=len(pairs), requested=wanted, empty_answers=int(not pairs))
+
+
+def _generate_unit(
+    client: LLMClient, unit_index: int, unit: Sequence[Chunk], config: LLMGeneratorConfig, separate_artifacts: bool
+) -> _UnitAnswer:
+    """QA for one unit; an answer cut off at max_tokens splits the unit in two halves, each asked on its own."""
+    try:
+        return _ask_unit(client, unit_index, unit, config, separate_artifacts)
+    except LLMCallError as exc:
+        if exc.reason != "truncated" or len(unit) < 2:
+            raise
+    half = (len(unit) + 1) // 2
+    first = _generate_unit(client, unit_index, unit[:half], config, separate_artifacts)
+    second = _generate_unit(client, unit_index, unit[half:], config, separate_artifacts)
+    return _UnitAnswer(
+        drafts=first.drafts + second.drafts,
+        drops=first.drops + second.drops,
+        returned=first.returned + second.returned,
+        requested=first.requested + second.requested,
+        empty_answers=first.empty_answers + second.empty_answers,
+        splits=first.splits + second.splits + 1,
     )
-    artifacts = artifacts.capped(config.max_artifacts_per_type)
-    messages = qa_messages(texts, artifacts, config.num_pairs, config.query_types, config.reasoning_types)
-    answer = client.structured("qa", messages, QAGeneration)
-    drafts, drops = _check_pairs(unit_index, unit, answer, config)
-    return drafts, drops, len(answer.pairs)
 
 
 def _fold(text: str) -> str:
@@ -226,15 +297,55 @@ def _deduplicate(
     return kept, removed
 
 
-def _judge_unit(client: LLMClient, unit: Sequence[Chunk], drafts: list[_Draft]) -> dict[int, float]:
-    """Overall judge score per position in ``drafts``; raises LLMCallError when the judge call fails for good."""
-    messages = judge_messages([c.text for c in unit], [d.pair for d in drafts])
+def judge_batches(drafts: list[_Draft], units: Sequence[Sequence[Chunk]], max_pairs: int) -> list[list[_Draft]]:
+    """The drafts cut into judge calls: consecutive drafts of one document (of one unit, for multi-document
+    bundles), at most ``max_pairs`` each. A document's batches depend on its own pairs only, so a refresh re-asks
+    the judge for new or edited documents alone."""
+
+    def group(draft: _Draft) -> str:
+        docs = {c.doc_id for c in units[draft.unit]}
+        return next(iter(docs)) if len(docs) == 1 else f"unit:{draft.unit}"
+
+    batches: list[list[_Draft]] = []
+    current: list[_Draft] = []
+    current_group: str | None = None
+    for draft in drafts:
+        g = group(draft)
+        if current and (g != current_group or len(current) >= max_pairs):
+            batches.append(current)
+            current = []
+        current.append(draft)
+        current_group = g
+    if current:
+        batches.append(current)
+    return batches
+
+
+def _ask_judge(client: LLMClient, chunks: dict[str, Chunk], drafts: list[_Draft]) -> dict[int, float]:
+    """Overall judge score per position in ``drafts``, for one batch as it is."""
+    cited = list(dict.fromkeys(cid for d in drafts for cid in d.chunk_ids))
+    number = {cid: f"S{i}" for i, cid in enumerate(cited, start=1)}
+    pairs = [d.pair.model_copy(update={"segment_ids": [number[c] for c in d.chunk_ids]}) for d in drafts]
+    messages = judge_messages([chunks[cid].text for cid in cited], pairs)
     result = client.structured("judge", messages, judge_result_model(len(drafts)))
     scores: dict[int, float] = {}
     for score in result.scores:
         if 0 <= score.index < len(drafts) and score.index not in scores:
             scores[score.index] = float(score.overall)
     return scores
+
+
+def _judge_batch(client: LLMClient, chunks: dict[str, Chunk], drafts: list[_Draft]) -> tuple[dict[int, float], int]:
+    """Scores by position in ``drafts`` and the splits it took; a cut-off or incomplete answer splits the batch."""
+    try:
+        return _ask_judge(client, chunks, drafts), 0
+    except LLMCallError as exc:
+        if exc.reason not in _SPLITTABLE or len(drafts) < 2:
+            raise
+    half = (len(drafts) + 1) // 2
+    first, first_splits = _judge_batch(client, chunks, drafts[:half])
+    second, second_splits = _judge_batch(client, chunks, drafts[half:])
+    return {**first, **{half + i: s for i, s in second.items()}}, first_splits + second_splits + 1
 
 
 def _run_parallel(
@@ -286,16 +397,26 @@ def generate_llm(
     log = logger or _log
     endpoint.require_key()  # fail fast, before any work
     start = time.perf_counter()
-    units = make_units(chunks, config.bundle_size, config.bundle_strategy)
+    if config.bundle_size > 1:
+        units = make_units(chunks, config.bundle_size, config.bundle_strategy)
+    else:
+        units = make_sections(chunks, config.section_chunks)
+    separate_artifacts = config.artifacts == "own_call" or endpoint.model_for("artifacts") != endpoint.model_for("qa")
+    documents = len({c.doc_id for c in chunks})
     failures: Counter = Counter()
     failed_units: set[int] = set()
     model = endpoint.model_for("qa")
     log.info(
-        "LLM generation: %d chunks in %d units (bundle size %d), %d pairs per unit, model %s, cache %s",
+        "LLM generation: %d chunks of %d documents in %d units (%s), %d pairs per chunk, artifacts %s, model %s, "
+        "cache %s",
         len(chunks),
+        documents,
         len(units),
-        config.bundle_size,
-        config.num_pairs,
+        f"bundles of {config.bundle_size} documents"
+        if config.bundle_size > 1
+        else f"<= {config.section_chunks} chunks of one document each",
+        config.pairs_per_chunk,
+        "in their own call" if separate_artifacts else "in the QA call",
         model,
         cache_path,
     )
@@ -303,17 +424,17 @@ def generate_llm(
         client = LLMClient(endpoint, cache, log, max_parse_attempts=config.max_parse_attempts)
         workers = endpoint.max_parallel_requests
 
-        # Steps 1-2: artifacts and QA pairs, per unit.
+        # Steps 1-2: (artifacts and) QA pairs, per unit.
         progress = Progress("llm qa generation", len(units), log, unit="units")
         generated = _run_parallel(
             list(enumerate(units)),
-            lambda i, unit: _generate_unit(client, i, unit, config),
+            lambda i, unit: _generate_unit(client, i, unit, config, separate_artifacts),
             workers,
             progress,
             client,
         )
         drafts: list[_Draft] = []
-        candidates = 0
+        candidates = requested = units_split = 0
         for i in range(len(units)):
             value = generated[i]
             if isinstance(value, LLMCallError):
@@ -321,12 +442,13 @@ def generate_llm(
                 failed_units.add(i)
                 log.warning("Unit %s skipped: %s", unit_key(units[i]), value.message)
                 continue
-            unit_drafts, drops, returned = value
-            candidates += returned
-            if returned == 0:
-                failures["no_pairs"] += 1  # a valid but empty answer: the unit gives nothing
-            failures.update(drops)
-            drafts.extend(unit_drafts)
+            candidates += value.returned
+            requested += value.requested
+            units_split += value.splits
+            if value.empty_answers:
+                failures["no_pairs"] += value.empty_answers  # a valid but empty answer: that unit gives nothing
+            failures.update(value.drops)
+            drafts.extend(value.drafts)
 
         # Step 3: near-duplicate questions within each document.
         loaded: list[Encoder | None] = []
@@ -346,29 +468,31 @@ def generate_llm(
         if removed:
             failures["dedup_removed"] += removed
 
-        # Step 4: the judge, one call per unit over its surviving pairs.
-        by_unit: dict[int, list[_Draft]] = {}
-        for draft in drafts:
-            by_unit.setdefault(draft.unit, []).append(draft)
-        judge_progress = Progress("llm judge", len(by_unit), log, unit="units")
+        # Step 4: the judge, a document's pairs together, in batches.
+        batches = judge_batches(drafts, units, config.judge_batch_pairs)
+        by_id = {c.chunk_id: c for c in chunks}
+        judge_progress = Progress("llm judge", len(batches), log, unit="batches")
         judged = _run_parallel(
-            sorted(by_unit.items()),
-            lambda i, unit_drafts: _judge_unit(client, units[i], unit_drafts),
+            list(enumerate(batches)),
+            lambda _, batch: _judge_batch(client, by_id, batch),
             workers,
             judge_progress,
             client,
         )
         pairs: list[QAPair] = []
         histogram = dict.fromkeys(JUDGE_BINS, 0)
-        for i, unit_drafts in sorted(by_unit.items()):
-            scores = judged[i]
-            if isinstance(scores, LLMCallError):
+        batches_split = 0
+        for b, batch in enumerate(batches):
+            value = judged[b]
+            if isinstance(value, LLMCallError):
                 failures["judge_failed"] += 1
-                failed_units.add(i)
-                log.warning("Judge failed for unit %s, its pairs are dropped: %s", unit_key(units[i]), scores.message)
+                failed_units.update(d.unit for d in batch)
+                docs = ", ".join(sorted({d for draft in batch for d in draft.doc_ids}))
+                log.warning("Judge failed for %d pairs of %s, they are dropped: %s", len(batch), docs, value.message)
                 continue
-            key = unit_key(units[i])
-            for position, draft in enumerate(unit_drafts):
+            scores, splits = value
+            batches_split += splits
+            for position, draft in enumerate(batch):
                 if position not in scores:
                     failures["judge_missing_score"] += 1
                     continue
@@ -376,7 +500,7 @@ def generate_llm(
                 histogram[judge_bin(score)] += 1
                 pairs.append(
                     QAPair(
-                        query_id=f"{key}-l{draft.index}",
+                        query_id=f"{draft.key}-l{draft.index}",
                         query=draft.pair.question,
                         positive_chunk_ids=draft.chunk_ids,
                         doc_ids=draft.doc_ids,
@@ -393,15 +517,18 @@ def generate_llm(
         stats = client.snapshot()
     seconds = time.perf_counter() - start
     log.info(
-        "LLM generation done in %.1f s: %d pairs from %d candidates; %d requests, %d cache hits, %d/%d tokens "
-        "in/out; %d of %d units failed; dropped/failed: %s",
+        "LLM generation done in %.1f s: %d pairs from %d candidates (%d asked); %d requests, %d cache hits, %d/%d "
+        "tokens in/out; %d answers for %d documents; %d of %d units failed; dropped/failed: %s",
         seconds,
         len(pairs),
         candidates,
+        requested,
         stats.calls,
         stats.cache_hits,
         stats.tokens_in,
         stats.tokens_out,
+        sum(stats.answers.values()),
+        documents,
         len(failed_units),
         len(units),
         dict(sorted(failures.items())) or "none",
@@ -409,8 +536,14 @@ def generate_llm(
     return LLMGenerationResult(
         pairs=pairs,
         stats=stats,
+        documents=documents,
+        chunks=len(chunks),
         units=len(units),
         units_failed=len(failed_units),
+        units_split=units_split,
+        judge_batches=len(batches),
+        judge_batches_split=batches_split,
+        pairs_requested=requested,
         candidates=candidates,
         failures=dict(sorted(failures.items())),
         judge_histogram=histogram,

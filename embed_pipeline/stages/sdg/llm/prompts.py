@@ -1,4 +1,4 @@
-"""Chat messages of the three LLM steps: artifact extraction, QA generation and the quality judge.
+"""Chat messages of the LLM steps: artifact extraction, QA generation (which may list the artifacts first), judge.
 
 Every system message names :data:`PROMPT_VERSION`. The cache key of an LLM answer is a hash of the exact messages
 (with model and sampling parameters), so changing a prompt - and bumping the version with it - invalidates the
@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 from embed_pipeline.stages.sdg.llm.schemas import ARTIFACT_TYPES, ArtifactExtraction, GeneratedPair
 
-PROMPT_VERSION = "v1"
+PROMPT_VERSION = "v2"
 
 # Markers at the start of each system message: they make the step visible in request logs (and tests' fake servers).
 ARTIFACTS_MARKER = "[embed_pipeline sdg artifact-extraction]"
@@ -53,6 +53,7 @@ REASONING_TYPE_HINTS = {
     "inferential": "a conclusion the text supports without stating it",
     "temporal": "order, timing, versions or change over time",
     "procedural": "how to do something, the steps",
+    "visual": "what a figure, table, diagram, layout or example shown in the text presents",
     "causal": "why something happens, cause and effect",
 }
 ARTIFACT_HINTS = {
@@ -78,14 +79,6 @@ def segment_ids(n: int) -> list[str]:
 def format_segments(texts: Sequence[str]) -> str:
     """``[S1] text`` blocks separated by blank lines; whitespace inside a segment is collapsed to single spaces."""
     return "\n\n".join(f"[S{i}] {' '.join(text.split())}" for i, text in enumerate(texts, start=1))
-
-
-def spread(total: int, names: Sequence[str]) -> dict[str, int]:
-    """``total`` split as evenly as possible over ``names``, earlier names getting the remainder."""
-    if not names:
-        return {}
-    base, extra = divmod(total, len(names))
-    return {name: base + (1 if i < extra else 0) for i, name in enumerate(names)}
 
 
 def artifact_messages(texts: Sequence[str], max_per_type: int) -> list[dict[str, str]]:
@@ -114,24 +107,33 @@ def _artifact_lines(artifacts: ArtifactExtraction) -> str:
     return "\n".join(lines) if lines else "- (none extracted)"
 
 
+def _count_lines(counts: dict[str, int], hints: dict[str, str], scale: int) -> str:
+    return "\n".join(
+        f"- {name} ({n * scale}): {hints.get(name, 'as the name says')}" for name, n in counts.items() if n > 0
+    )
+
+
 def qa_messages(
     texts: Sequence[str],
-    artifacts: ArtifactExtraction,
-    num_pairs: int,
-    query_types: Sequence[str],
-    reasoning_types: Sequence[str],
+    artifacts: ArtifactExtraction | None,
+    query_counts: dict[str, int],
+    reasoning_counts: dict[str, int],
+    max_artifacts_per_type: int = 2,
+    multi_document: bool = False,
 ) -> list[dict[str, str]]:
-    """Messages asking for exactly ``num_pairs`` standalone question-answer pairs about the segments."""
+    """Messages asking for ``sum(query_counts) * len(texts)`` standalone question-answer pairs about the segments.
+
+    With ``artifacts`` None the answer lists the segments' artifacts first (``"artifacts"``, then ``"pairs"``): one
+    call does what the recipe does in two, and the listing still guides the questions that follow it.
+    """
     ids = segment_ids(len(texts))
-    qt = "\n".join(
-        f"- {name} ({n}): {QUERY_TYPE_HINTS.get(name, 'as the name says')}"
-        for name, n in spread(num_pairs, query_types).items()
-    )
-    rt = "\n".join(f"- {name}: {REASONING_TYPE_HINTS.get(name, 'as the name says')}" for name in reasoning_types)
+    n = len(texts)
+    num_pairs = sum(query_counts.values()) * n
+    per_segment = f" ({sum(query_counts.values())} per segment, every segment asked about)" if n > 1 else ""
     multi = (
         " The segments come from different documents: make the multi_hop questions connect facts from segments "
         "of different documents where the text allows it."
-        if len(texts) > 1
+        if multi_document
         else ""
     )
     system = _system(
@@ -140,13 +142,36 @@ def qa_messages(
         "Each question is what a real user would type to find the information, and each answer is supported by "
         "the segments it cites. Answer with one JSON object.",
     )
+    if artifacts is None:
+        kinds = "\n".join(f"- {name}: {ARTIFACT_HINTS[name]}" for name in ARTIFACT_TYPES)
+        cap = max_artifacts_per_type * n
+        first = (
+            f"First list the artifacts a search user could ask about, up to {cap} of each type (fewer, or none, "
+            f"when the text has fewer), copying names and identifiers exactly:\n{kinds}\n"
+            "Then use them to choose what to ask about.\n\n"
+        )
+        answer_format = (
+            'Answer as JSON: {"artifacts": {"key_concepts": [...], "entities": [...], "technical_terms": [...], '
+            '"identifiers": [...], "relationships": [...], "processes": [...], "insights": [...]}, "pairs": '
+            '[{"question": "...", "answer": "...", "query_type": "...", "reasoning_type": "...", "segment_ids": '
+            '["S1"], "hop_count": 1, "hop_contexts": ["..."]}]}'
+        )
+    else:
+        listed = _artifact_lines(artifacts)
+        first = f"Artifacts found in the segments (use them to choose what to ask about):\n{listed}\n\n"
+        answer_format = (
+            'Answer as JSON: {"pairs": [{"question": "...", "answer": "...", "query_type": "...", '
+            '"reasoning_type": "...", "segment_ids": ["S1"], "hop_count": 1, "hop_contexts": ["..."]}]}'
+        )
     user = (
         f"Text segments:\n{format_segments(texts)}\n\n"
-        f"Artifacts found in the segments (use them to choose what to ask about):\n{_artifact_lines(artifacts)}\n\n"
-        f"Write exactly {num_pairs} question-answer pairs.\n"
-        f"Query types (query_type, with the number of pairs of each):\n{qt}\n"
-        f"Reasoning types (reasoning_type; spread the pairs over them, using a type only where the text supports "
-        f"it):\n{rt}\n\n"
+        f"{first}"
+        f"Write exactly {num_pairs} question-answer pairs{per_segment}.\n"
+        f"Query types (query_type, with the number of pairs of each):\n"
+        f"{_count_lines(query_counts, QUERY_TYPE_HINTS, n)}\n"
+        f"Reasoning types (reasoning_type, with the number of pairs of each; query_type and reasoning_type are "
+        f"separate fields; where the text does not support a reasoning type, use another listed one):\n"
+        f"{_count_lines(reasoning_counts, REASONING_TYPE_HINTS, n)}\n\n"
         "Rules:\n"
         "- Every question stands alone: it names the specific module, function, product or concept it is about, "
         'and never refers to the text ("in the context", "according to the text", "the passage", "the '
@@ -156,8 +181,7 @@ def qa_messages(
         "- hop_count: the number of distinct facts needed to answer (1 for a single fact).\n"
         "- hop_contexts: one short quote or paraphrase from the text per hop.\n"
         "- query_type and reasoning_type: exactly one of the names listed above.\n\n"
-        'Answer as JSON: {"pairs": [{"question": "...", "answer": "...", "query_type": "...", '
-        '"reasoning_type": "...", "segment_ids": ["S1"], "hop_count": 1, "hop_contexts": ["..."]}]}'
+        f"{answer_format}"
     )
     return [{"role": "system", "content": system}, {"role": "user", "content": user}]
 
@@ -182,10 +206,10 @@ def judge_messages(texts: Sequence[str], pairs: Sequence[GeneratedPair]) -> list
         "- context_support: the cited segments contain what the answer needs;\n"
         "- clarity: the question is clear, specific and understandable without the text;\n"
         "- overall: its value as a training example (low when any of the above is poor).\n"
-        f"Return exactly one score object per pair, with its index (0 to {len(pairs) - 1}), and a one-sentence "
+        f"Return exactly one score object per pair, with its index (0 to {len(pairs) - 1}), in order, and no "
         "rationale.\n\n"
         'Answer as JSON: {"scores": [{"index": 0, "relevance": 8, "accuracy": 9, "context_support": 9, '
-        '"clarity": 8, "overall": 8, "rationale": "..."}]}'
+        '"clarity": 8, "overall": 8}]}'
     )
     return [{"role": "system", "content": system}, {"role": "user", "content": user}]
 

@@ -150,6 +150,15 @@ class QAGeneration(FlatSchemaModel):
     pairs: list[GeneratedPair] = Field(description="The generated question-answer pairs.")
 
 
+class QAWithArtifacts(FlatSchemaModel):
+    """The QA step's answer when it also lists the artifacts: artifacts first, so they are written before the pairs."""
+
+    artifacts: ArtifactExtraction = Field(
+        default_factory=ArtifactExtraction, description="Artifacts of the segments, listed before the pairs."
+    )
+    pairs: list[GeneratedPair] = Field(description="The generated question-answer pairs.")
+
+
 class JudgeScore(BaseModel):
     """The judge's scores for one pair (1-10 each)."""
 
