@@ -1,6 +1,6 @@
 """What a scheduled refresh costs against the first run: seconds per asset, texts encoded, LLM calls.
 
-    .venv/bin/python benchmarks/refresh.py [--quick] [--modules 40] [--growth 0.05]
+    .venv/bin/python benchmarks/refresh.py [--quick] [--modules 40] [--growth 0.05] [--retrain]
 
 A corpus of Python standard-library docstrings (the demo corpus's source: offline, anywhere) is materialized from
 `documents` to `onnx_model` in one Dagster run with the LLM generator against a loopback OpenAI-compatible server
@@ -20,6 +20,12 @@ Both runs share one process, so the refresh finds Python modules imported and th
 memoised: a scheduled refresh in a fresh process pays those once more (a few seconds), so the ratio is a lower
 bound.
 * ``refresh_llm_calls_unchanged``: LLM requests during the refresh whose prompt quotes no new chunk.
+
+``--retrain``: the refresh retrains. By default a small corpus's new documents go to the test split (it holds
+fewer than ``min_test_queries``), so the model is kept; with ``--retrain`` both runs split with
+``min_test_queries: 0`` and the new documents are taken among those the split's hash puts in train, so the refresh
+trains again and everything after training (fine-tuned evaluation, export and its parity) runs on a new model: the
+costs a refresh with new training data pays.
 
 Goals (issue 13): ratio <= 0.25, both unchanged counts 0, LLM calls per document <= 4. Prints a table, then one
 JSON line.
@@ -77,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="20 modules, 1 epoch: a few minutes on 2 cores.")
     parser.add_argument("--modules", type=int, default=60, help="Standard-library modules in the first run.")
     parser.add_argument("--growth", type=float, default=0.05, help="Share of documents added before the refresh.")
+    parser.add_argument("--retrain", action="store_true", help="New documents go to train: the refresh retrains.")
     args = parser.parse_args(argv)
     modules = 20 if args.quick else args.modules
 
@@ -88,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     from embed_pipeline.defs.compute import ComputeTarget
     from embed_pipeline.defs.resources import BaseEncoder, PipelineStorage, ServingTarget
     from embed_pipeline.stages.demo_corpus import DEMO_MODULES, build_stdlib_corpus
+    from embed_pipeline.stages.splits import SplitConfig, _unit_hash
     from embed_pipeline_tests.fake_llm import FakeLLM
     from embed_pipeline_tests.fake_llm_server import FakeLLMServer
 
@@ -123,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
                             }  # fmt: skip
                         },
                         "finetuned_model": {"config": {"num_epochs": 1}},
+                        **({"qa_splits": {"config": {"min_test_queries": 0}}} if args.retrain else {}),
                         "retrieval_metrics": {"config": {"block_on_regression": False}},
                     }
                 },
@@ -143,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
                 "documents": _metadata(result, "documents").get("num_documents", 0),
                 "chunks": _chunks(artifacts),
                 "qa": _metadata(result, "qa_pairs"),
+                "retrained": TRAINING in steps and not _metadata(result, TRAINING).get("reused", False),
             }
 
         run("first")
@@ -151,7 +161,16 @@ def main(argv: list[str] | None = None) -> int:
         for module in DEMO_MODULES[modules:]:  # some modules give too little text to be a document: skip them
             if len(written) >= added:
                 break
-            written += build_stdlib_corpus(corpora / "bench", [module])
+            paths = build_stdlib_corpus(corpora / "bench", [module])
+            split = SplitConfig()
+            if (
+                args.retrain
+                and paths
+                and _unit_hash(split.seed, paths[0].name) >= split.train_ratio  # the split's hash: not train
+            ):
+                paths[0].unlink()  # the split would put it in val or test: the refresh would not retrain
+                continue
+            written += paths
         run("refresh")
 
     first, refresh = runs["first"], runs["refresh"]
@@ -179,7 +198,8 @@ def main(argv: list[str] | None = None) -> int:
     for asset in ASSETS:
         enc = f"{first['encoded'][asset]} → {refresh['encoded'][asset]}" if asset in first["encoded"] else ""
         print(f"| {asset} | {first['steps'].get(asset, 0):.1f} | {refresh['steps'].get(asset, 0):.1f} | {enc} |")
-    print(f"\nwithout training: first {first['seconds_without_training']:.1f}s, refresh "
+    print(f"\nrefresh retrained the model: {'yes' if refresh['retrained'] else 'no'}")
+    print(f"without training: first {first['seconds_without_training']:.1f}s, refresh "
           f"{refresh['seconds_without_training']:.1f}s, ratio {ratio:.3f} (goal <= 0.25)")  # fmt: skip
     print(f"LLM calls: first {len(first['requests'])} ({per_doc:.1f} per document, goal <= 4), refresh "
           f"{len(refresh['requests'])} ({calls_unchanged} for unchanged chunks, goal 0)")  # fmt: skip
@@ -194,6 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         "refresh_llm_calls_unchanged": calls_unchanged,
         "refresh_encodes_unchanged": encodes_unchanged,
         "llm_calls_per_document": round(per_doc, 2),
+        "refresh_retrained": refresh["retrained"],
         "first_steps": {k: round(v, 2) for k, v in first["steps"].items()},
         "refresh_steps": {k: round(v, 2) for k, v in refresh["steps"].items()},
     }

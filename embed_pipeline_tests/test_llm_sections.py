@@ -97,7 +97,7 @@ def test_judge_batches_hold_at_most_judge_batch_pairs(tmp_path):
         judge = [r for r in server.requests if step_of(r.json) == "judge"]
     assert len(result.pairs) == 15 and result.judge_batches == 2 and len(judge) == 2
     listed = [user_message(r.json).count("\nQuestion: ") for r in judge]
-    assert listed == [10, 5]
+    assert sorted(listed) == [5, 10]  # the two batches run in parallel
 
 
 def test_counts_must_agree_and_name_types():

@@ -22,8 +22,9 @@ chunks are shown to the LLM as ``[S1] text``, ``[S2] text``:
    - an empty question or answer is dropped (``empty_question_or_answer``); pairs beyond the number asked are
      ignored (``excess_pairs``); a unit whose answer has no pairs at all is counted (``no_pairs``).
 
-   An answer cut off at ``max_tokens`` (``truncated``) is not asked again as is: the unit is split in two halves
-   and each is asked on its own (``units_split``), down to single chunks.
+   Sections are kept small enough for their answer to fit the endpoint's ``max_tokens`` (at an estimated
+   ``ANSWER_TOKENS_PER_PAIR``); an answer cut off at ``max_tokens`` anyway (``truncated``) is not asked again as
+   is: the unit is split in two halves and each is asked on its own (``units_split``), down to single chunks.
 3. **Deduplication** within each document (after all units): questions are encoded with the base encoder (kind
    ``query``) and a question whose cosine to an earlier kept question of the same document is at least
    ``dedup_threshold`` is dropped (``dedup_removed``); earlier = unit order, then position in the LLM answer, so the
@@ -85,6 +86,10 @@ if TYPE_CHECKING:  # pragma: no cover - torch is imported only when deduplicatio
 _log = logging.getLogger("embed_pipeline.sdg.llm")
 
 JUDGE_BINS = ("1-2", "3-4", "5-6", "7-8", "9-10")
+# Generous estimates of answer tokens (a pair with its hop contexts; one judge score object), so that sections and
+# judge batches are sized to fit the endpoint's max_tokens up front instead of being cut off and asked again.
+ANSWER_TOKENS_PER_PAIR = 150
+ANSWER_TOKENS_PER_SCORE = 60
 # Failures after which a smaller request may succeed: the answer was cut off, or a long judge list skipped pairs.
 _SPLITTABLE = frozenset({"truncated", "schema_violation", "malformed_json"})
 
@@ -397,10 +402,14 @@ def generate_llm(
     log = logger or _log
     endpoint.require_key()  # fail fast, before any work
     start = time.perf_counter()
+    # The most chunks (pairs) whose answer fits max_tokens; a smaller cap than configured shrinks sections (batches).
+    section_chunks = min(config.section_chunks, max(1, endpoint.max_tokens // (ANSWER_TOKENS_PER_PAIR *
+                                                                                config.pairs_per_chunk)))  # fmt: skip
+    judge_batch_pairs = min(config.judge_batch_pairs, max(1, endpoint.max_tokens // ANSWER_TOKENS_PER_SCORE))
     if config.bundle_size > 1:
         units = make_units(chunks, config.bundle_size, config.bundle_strategy)
     else:
-        units = make_sections(chunks, config.section_chunks)
+        units = make_sections(chunks, section_chunks)
     separate_artifacts = config.artifacts == "own_call" or endpoint.model_for("artifacts") != endpoint.model_for("qa")
     documents = len({c.doc_id for c in chunks})
     failures: Counter = Counter()
@@ -469,7 +478,7 @@ def generate_llm(
             failures["dedup_removed"] += removed
 
         # Step 4: the judge, a document's pairs together, in batches.
-        batches = judge_batches(drafts, units, config.judge_batch_pairs)
+        batches = judge_batches(drafts, units, judge_batch_pairs)
         by_id = {c.chunk_id: c for c in chunks}
         judge_progress = Progress("llm judge", len(batches), log, unit="batches")
         judged = _run_parallel(
