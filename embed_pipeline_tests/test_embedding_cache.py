@@ -18,11 +18,11 @@ def test_an_unchanged_model_encodes_each_text_once_ever(tiny_model_dir: Path, tm
     cache = EmbeddingCache(tmp_path / "cache.sqlite")
     encoder = Encoder(EncoderConfig(model=str(tiny_model_dir))).use_cache(cache)
     first = encoder.encode(TEXTS, "passage")
-    assert cache.stats() == {"hits": 0, "misses": 3, "writes": 3, "evicted": 0}  # 3 distinct texts
+    assert cache.stats() == {"hits": 0, "misses": 3, "writes": 3, "evicted": 0, "errors": 0}  # 3 distinct texts
     # Another process later (a new handle on the same file): the same vectors, nothing encoded but the new text.
     again = EmbeddingCache(tmp_path / "cache.sqlite")
     second = Encoder(EncoderConfig(model=str(tiny_model_dir))).use_cache(again).encode([*TEXTS, "new text"], "passage")
-    assert again.stats() == {"hits": 3, "misses": 1, "writes": 1, "evicted": 0}
+    assert again.stats() == {"hits": 3, "misses": 1, "writes": 1, "evicted": 0, "errors": 0}
     np.testing.assert_array_equal(second[:4], first)
     uncached = Encoder(EncoderConfig(model=str(tiny_model_dir))).encode(TEXTS, "passage")
     np.testing.assert_allclose(first, uncached, atol=1e-6)
@@ -59,6 +59,35 @@ def test_the_cache_is_bounded_least_recently_used_first(tmp_path: Path):
     left = cache.get(space, [text_key(str(i)) for i in range(4)], 4)
     assert sorted(left) == sorted(text_key(str(i)) for i in (0, 2, 3)) and cache.evicted == 1
     assert cache.get(space, [text_key("0")], 8) == {}  # a vector of another width is not this model's
+
+
+def test_the_size_bound_evicts_the_least_recently_used(tmp_path: Path):
+    space = vector_space("m", kind="passage")
+    # rows of 64 floats (256 bytes) plus the row overhead: 3 fit in this many bytes, not 4
+    cache = EmbeddingCache(tmp_path / "cache.sqlite", max_bytes=3 * (256 + 200) + 10)
+    for i in range(5):
+        cache.put(space, {text_key(str(i)): np.full(64, i, dtype=np.float32)})
+    left = cache.get(space, [text_key(str(i)) for i in range(5)], 64)
+    assert sorted(left) == sorted(text_key(str(i)) for i in (2, 3, 4)) and cache.evicted == 2
+
+
+def test_a_damaged_cache_file_is_moved_aside_and_never_fails_a_stage(tmp_path: Path, caplog):
+    path = tmp_path / "cache.sqlite"
+    path.write_bytes(b"this is not a database" * 100)
+    with caplog.at_level("WARNING"):
+        cache = EmbeddingCache.open(path)
+    assert cache is not None and "moved aside" in caplog.text
+    assert [p.name for p in tmp_path.glob("cache.sqlite.corrupt-*")]
+    space = vector_space("m", kind="passage")
+    cache.put(space, {text_key("a"): np.ones(4, dtype=np.float32)})
+    assert list(cache.get(space, [text_key("a")], 4)) == [text_key("a")]
+    # a failure after opening (here: the file replaced by garbage under a live handle) is a miss, counted
+    path.write_bytes(b"garbage" * 1000)
+    for suffix in ("-wal", "-shm"):
+        path.with_name(path.name + suffix).unlink(missing_ok=True)
+    assert cache.get(space, [text_key("a")], 4) == {} and cache.errors == 1 and cache.misses == 1
+    cache.put(space, {text_key("b"): np.ones(4, dtype=np.float32)})  # logged and counted, not raised
+    assert cache.errors == 2 and cache.stats()["errors"] == 2
 
 
 def _write_many(path: str, worker: int) -> None:

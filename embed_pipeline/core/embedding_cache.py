@@ -4,14 +4,20 @@ Content-addressed: a vector is keyed by the text's sha256 and its *space*, a has
 the model's fingerprint (the bytes of its weights, configuration and tokenizer files, so a fine-tuned model written
 to the same folder is a new space and nothing stale is reused), the kind (query or passage), the prefix, the max
 length, the pooling, normalisation and dtype. One SQLite file per corpus (WAL journal, so concurrent runs read while
-one writes; each write is one transaction, so a killed run leaves whole rows only), bounded by ``max_rows``: the
-rows least recently used go first. Not for a network filesystem (SQLite's locking is not reliable there).
+one writes; each write is one transaction, so a killed run leaves whole rows only), bounded in size
+(``max_bytes``, and ``max_rows``): the rows least recently used go first. Not for a network filesystem (SQLite's
+locking is not reliable there).
+
+The cache is derived data and never fails a stage: a file that is not a readable SQLite database is moved aside
+(``<name>.corrupt-<time>``) and an empty cache started, and a read or write that fails later (a full disk, a
+damaged page) is logged and counted (``errors``) and the vectors are computed (or simply not stored).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import sqlite3
 import threading
 import time
@@ -22,6 +28,8 @@ from pathlib import Path
 import numpy as np
 
 from embed_pipeline.core.reuse import file_sha256
+
+_log = logging.getLogger("embed_pipeline.embedding_cache")
 
 # Files that do not change the vectors a model folder gives (rewritten after training, or documentation).
 _NOT_MODEL = {"README.md", "training_history.json"}
@@ -78,14 +86,19 @@ def vector_space(fingerprint: str, **settings: object) -> str:
     return hashlib.sha256(json.dumps({"model": fingerprint, **settings}, sort_keys=True).encode()).hexdigest()
 
 
+DEFAULT_MAX_BYTES = 8 * 2**30  # 8 GiB: 5M vectors of 384 floats, 2M of 1024
+_ROW_OVERHEAD_BYTES = 200  # two sha256 hex keys in the row and the index, the timestamp, page slack
+
+
 class EmbeddingCache:
     """Vectors by (space, text sha256) in one SQLite file; ``hits``, ``misses`` and ``writes`` count this handle's
     traffic (what the asset's metadata shows)."""
 
-    def __init__(self, path: Path | str, max_rows: int = 5_000_000) -> None:
+    def __init__(self, path: Path | str, max_rows: int = 5_000_000, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
         self.path = Path(path)
         self.max_rows = max_rows
-        self.hits = self.misses = self.writes = self.evicted = 0
+        self.max_bytes = max_bytes
+        self.hits = self.misses = self.writes = self.evicted = self.errors = 0
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._connect() as db:
             db.execute("PRAGMA journal_mode=WAL")
@@ -97,8 +110,32 @@ class EmbeddingCache:
 
     @classmethod
     def open(cls, path: Path | str | None) -> EmbeddingCache | None:
-        """The cache at ``path``, or None when there is none (the cache is turned off)."""
-        return cls(path) if path else None
+        """The cache at ``path``, or None when there is none (the cache is turned off, or cannot be created)."""
+        if not path:
+            return None
+        path = Path(path)
+        try:
+            return cls(path)
+        except sqlite3.DatabaseError as exc:
+            if not path.exists():
+                _log.warning("Cannot create the embedding cache %s (%s): running without it.", path, exc)
+                return None
+            aside = path.with_name(f"{path.name}.corrupt-{int(time.time())}")
+            _log.warning("The embedding cache %s cannot be read (%s): moved aside to %s, starting an empty one.",
+                         path, exc, aside.name)  # fmt: skip
+            path.rename(aside)
+            for suffix in ("-wal", "-shm"):
+                path.with_name(path.name + suffix).unlink(missing_ok=True)
+        try:
+            return cls(path)
+        except sqlite3.DatabaseError as exc:
+            _log.warning("Cannot create the embedding cache %s (%s): running without it.", path, exc)
+            return None
+
+    def _failed(self, action: str, exc: sqlite3.Error) -> None:
+        self.errors += 1
+        _log.warning("Embedding cache %s: could not %s (%s); continuing without it for these texts.",
+                     self.path, action, exc)  # fmt: skip
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
@@ -115,6 +152,16 @@ class EmbeddingCache:
 
     def get(self, space: str, keys: Sequence[str], dimension: int) -> dict[str, np.ndarray]:
         """The cached vectors of ``keys`` in ``space`` (absent keys are left out); marks them used."""
+        try:
+            found = self._get(space, keys, dimension)
+        except sqlite3.Error as exc:
+            self._failed("read", exc)
+            found = {}
+        self.hits += len(found)
+        self.misses += len(keys) - len(found)
+        return found
+
+    def _get(self, space: str, keys: Sequence[str], dimension: int) -> dict[str, np.ndarray]:
         found: dict[str, np.ndarray] = {}
         now = time.time()
         with self._connect() as db:
@@ -137,22 +184,28 @@ class EmbeddingCache:
                         )
                     except sqlite3.OperationalError:
                         pass
-        self.hits += len(found)
-        self.misses += len(keys) - len(found)
         return found
 
     def put(self, space: str, vectors: dict[str, np.ndarray]) -> None:
-        """Store ``vectors`` in one transaction, then drop the least recently used rows beyond ``max_rows``."""
+        """Store ``vectors`` in one transaction, then drop the least recently used rows beyond the bounds."""
         if not vectors:
             return
+        try:
+            self._put(space, vectors)
+        except sqlite3.Error as exc:
+            self._failed("store vectors", exc)
+
+    def _put(self, space: str, vectors: dict[str, np.ndarray]) -> None:
         now = time.time()
         rows = [(space, key, np.asarray(v, dtype=np.float32).tobytes(), now) for key, v in vectors.items()]
+        # The size bound as a number of rows of this write's width (plus the key and index overhead of a row).
+        limit = min(self.max_rows, max(1, self.max_bytes // (len(rows[0][2]) + _ROW_OVERHEAD_BYTES)))
         with self._connect() as db:
             db.execute("BEGIN IMMEDIATE")
             db.executemany("INSERT OR REPLACE INTO vectors VALUES (?, ?, ?, ?)", rows)
             (count,) = db.execute("SELECT COUNT(*) FROM vectors").fetchone()
-            if count > self.max_rows:
-                excess = count - self.max_rows
+            if count > limit:
+                excess = count - limit
                 db.execute(
                     "DELETE FROM vectors WHERE (space, text_sha256) IN "
                     "(SELECT space, text_sha256 FROM vectors ORDER BY used LIMIT ?)",
@@ -163,7 +216,8 @@ class EmbeddingCache:
         self.writes += len(rows)
 
     def stats(self) -> dict[str, int]:
-        return {"hits": self.hits, "misses": self.misses, "writes": self.writes, "evicted": self.evicted}
+        return {"hits": self.hits, "misses": self.misses, "writes": self.writes, "evicted": self.evicted,
+                "errors": self.errors}  # fmt: skip
 
 
 Fill = Callable[[list[str], np.ndarray], None]

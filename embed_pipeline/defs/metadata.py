@@ -32,4 +32,6 @@ def path_value(path: Path) -> dg.MetadataValue:
 
 def cache_metadata(stats: dict[str, int]) -> dict[str, int]:
     """``embedding_cache_hits`` / ``_misses`` / ``_writes``: vectors reused from earlier runs vs encoded now."""
-    return {f"embedding_cache_{key}": value for key, value in stats.items() if key != "evicted" or value}
+    return {
+        f"embedding_cache_{key}": value for key, value in stats.items() if key not in ("evicted", "errors") or value
+    }

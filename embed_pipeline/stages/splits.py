@@ -132,6 +132,20 @@ def assign_documents(doc_ids: list[str], ratios: list[float], seed: int) -> dict
     return out
 
 
+def _fill_empty_val(doc_splits: dict[str, str], ratios: list[float], seed: int) -> list[str]:
+    """A kept assignment made while the corpus was small (no val split) gets its val documents once the corpus is
+    large enough for one: training documents nearest the val range of the hash move there (never a test document,
+    so the frozen test set stays as it was); returns them."""
+    if ratios[1] <= 0 or "val" in doc_splits.values():
+        return []
+    train = sorted((d for d, s in doc_splits.items() if s == "train"), key=lambda d: -_unit_hash(seed, d))
+    want = max(1, round(ratios[1] * len(doc_splits)))
+    moved = train[: min(want, len(train) - 1)]  # training keeps at least one document
+    for doc in moved:
+        doc_splits[doc] = "val"
+    return moved
+
+
 def grow_test_split(
     doc_splits: dict[str, str],
     kept: list[QAPair],
@@ -178,6 +192,7 @@ def split_pairs(
         if doc in doc_splits and split in SPLITS:
             doc_splits[doc] = split
             kept_assignments += 1
+    to_val = _fill_empty_val(doc_splits, ratios, config.seed) if previous else []
     kept = [p for p in pairs if p.quality_score >= config.quality_threshold]
     fixed = {d for d in (previous or {}) if d in doc_splits}
     grown = grow_test_split(doc_splits, kept, config.seed, config.min_test_queries, config.max_test_ratio, fixed)
@@ -194,6 +209,11 @@ def split_pairs(
             continue
         out[split].append(pair)
     warnings = []
+    if to_val:
+        warnings.append(
+            f"The corpus outgrew the small-corpus ratios (no val split): {len(to_val)} training documents moved to "
+            "val, so training can select its best checkpoint; no test document moved."
+        )
     if grown:
         warnings.append(
             f"The test split took {len(grown)} training documents to reach {len(out['test'])} queries "
@@ -235,6 +255,9 @@ class QASplits(Artifact):
     asset = "qa_splits"
     marker = "doc_splits.json"
     MANIFEST: ClassVar[str] = "manifest.json"
+    # The assignment with the settings it was made with, in one atomic file: a run killed between writing the
+    # manifest and the marker can never pair one run's settings with another run's assignment.
+    ASSIGNMENT: ClassVar[str] = "assignment.json"
 
     def split_file(self, split: str) -> Path:
         if split not in SPLITS:
@@ -253,11 +276,14 @@ class QASplits(Artifact):
     def previous_assignment(self, settings: dict) -> dict[str, str] | None:
         """The document assignment written here by a run with the same ``settings``, else None."""
         try:
-            manifest = read_json(self.file(self.MANIFEST))
+            if self.file(self.ASSIGNMENT).is_file():
+                saved = read_json(self.file(self.ASSIGNMENT))
+                return dict(saved["doc_splits"]) if saved.get("split_settings") == settings else None
+            manifest = read_json(self.file(self.MANIFEST))  # a folder written before assignment.json existed
             if not self.exists() or manifest.get("split_settings") != settings:
                 return None
             return self.doc_splits()
-        except (OSError, ValueError, AttributeError):
+        except (OSError, ValueError, AttributeError, KeyError, TypeError):
             return None
 
     def documents_in(self, split: str) -> set[str]:
@@ -268,9 +294,11 @@ class QASplits(Artifact):
 def write_splits(
     result: SplitResult, out_dir: Path, logger: logging.Logger | None = None, split_settings: dict | None = None
 ) -> dict:
-    """``train.jsonl``, ``val.jsonl``, ``test.jsonl`` (QAPair records), ``doc_splits.json`` and ``manifest.json``
-    (with the ``split_settings`` the assignment was made with, so a later run knows whether it may keep it)."""
+    """``assignment.json`` (the assignment with the ``split_settings`` it was made with, so a later run knows whether
+    it may keep it), ``train.jsonl``, ``val.jsonl``, ``test.jsonl`` (QAPair records), ``manifest.json`` and, last,
+    ``doc_splits.json``."""
     out = QASplits(dir=out_dir)
+    write_json(out.file(QASplits.ASSIGNMENT), {"split_settings": split_settings, "doc_splits": result.doc_splits})
     for split in SPLITS:
         write_jsonl(out.split_file(split), result.pairs[split])
     docs_per_split = Counter(result.doc_splits.values())

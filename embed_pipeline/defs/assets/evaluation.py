@@ -10,7 +10,7 @@ from embed_pipeline.defs.metadata import cache_metadata, sample_table
 from embed_pipeline.defs.plots import delta_intervals, metrics_bars, ndcg_history
 from embed_pipeline.defs.stage_asset import Described, StepContext, stage_asset
 from embed_pipeline.stages.evaluation import RetrievalMetricsConfig, RetrievalMetricsResult
-from embed_pipeline.stages.evaluation.history import history_table
+from embed_pipeline.stages.evaluation.history import SHOWN_ROWS, history_table
 
 GATE_CHECK = "finetuned_not_worse_than_base"
 _SEVERITY = {"block": dg.AssetCheckSeverity.ERROR, "warn": dg.AssetCheckSeverity.WARN}
@@ -66,7 +66,7 @@ def _describe(step: StepContext, result: RetrievalMetricsResult) -> Described:
     if result.history:
         rows = [r.model_dump() for r in result.history]
         optional |= {
-            "ndcg_history": dg.MetadataValue.md(history_table(result.history)),
+            "ndcg_history": dg.MetadataValue.md(history_table(result.history, SHOWN_ROWS)),
             "ndcg_history_plot": ndcg_history(rows),
         }
     if result.real is not None:

@@ -3,6 +3,8 @@ set (the first run's test queries still unchanged), so a refresh shows the trend
 
 from __future__ import annotations
 
+import logging
+import time
 from pathlib import Path
 
 from pydantic import BaseModel, Field
@@ -10,6 +12,7 @@ from pydantic import BaseModel, Field
 from embed_pipeline.core.artifacts import read_jsonl, write_jsonl
 
 MAX_ROWS = 1000  # the oldest rows go first
+SHOWN_ROWS = 20  # rows in the report and the model card (all are in history.jsonl and the metadata plot)
 
 
 class HistoryRow(BaseModel):
@@ -24,13 +27,23 @@ class HistoryRow(BaseModel):
     finetuned_model: str = ""
 
 
-def append_history(path: Path, row: HistoryRow) -> list[HistoryRow]:
-    """The rows at ``path`` plus ``row`` (an unreadable file starts over), written back atomically."""
+def read_history(path: Path, log: logging.Logger) -> list[HistoryRow]:
+    """The rows at ``path``; an unreadable file is moved aside (``history.jsonl.unreadable-<time>``), not lost."""
+    if not path.exists():
+        return []
     try:
-        rows = read_jsonl(path, HistoryRow) if path.exists() else []
-    except ValueError:
-        rows = []
-    rows = [*rows, row][-MAX_ROWS:]
+        return read_jsonl(path, HistoryRow)
+    except ValueError as exc:
+        aside = path.with_name(f"{path.name}.unreadable-{int(time.time())}")
+        path.rename(aside)
+        log.warning("The metrics history %s cannot be read (%s): moved aside to %s, starting a new one.",
+                    path, exc, aside.name)  # fmt: skip
+        return []
+
+
+def write_history(path: Path, rows: list[HistoryRow]) -> list[HistoryRow]:
+    """Write the newest ``MAX_ROWS`` rows atomically; returns them."""
+    rows = rows[-MAX_ROWS:]
     write_jsonl(path, rows)
     return rows
 
@@ -39,16 +52,18 @@ def _cell(value: float | None) -> str:
     return "-" if value is None else f"{value:.4f}"
 
 
-def history_table(rows: list[HistoryRow]) -> str:
-    """Markdown: one line per run, newest last."""
+def history_table(rows: list[HistoryRow], last: int | None = None) -> str:
+    """Markdown: one line per run, newest last (only the ``last`` newest, when given)."""
+    first = max(0, len(rows) - last) if last else 0
     lines = [
         "| # | measured | queries | base nDCG@10 | fine-tuned nDCG@10 | frozen queries | frozen base "
         "| frozen fine-tuned |",
         "|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
-    for i, r in enumerate(rows, 1):
+    for i, r in enumerate(rows[first:], first + 1):
         lines.append(
             f"| {i} | {r.at} | {r.num_queries} | {_cell(r.base_ndcg_at_10)} | {_cell(r.finetuned_ndcg_at_10)} | "
             f"{r.frozen_num_queries} | {_cell(r.frozen_base_ndcg_at_10)} | {_cell(r.frozen_finetuned_ndcg_at_10)} |"
         )
-    return "\n".join(lines) + "\n"
+    note = f"\n(the last {len(rows) - first} of {len(rows)} runs; all are in history.jsonl)\n" if first else ""
+    return "\n".join(lines) + "\n" + note

@@ -31,7 +31,13 @@ from embed_pipeline.stages.chunking import Chunks
 from embed_pipeline.stages.evaluation.beir import BeirData, EvalSet, FrozenSet, load_beir
 from embed_pipeline.stages.evaluation.bootstrap import BootstrapConfig, DeltaInterval, paired_bootstrap
 from embed_pipeline.stages.evaluation.gate import GateDecision, quality_gate
-from embed_pipeline.stages.evaluation.history import HistoryRow, append_history, history_table
+from embed_pipeline.stages.evaluation.history import (
+    SHOWN_ROWS,
+    HistoryRow,
+    history_table,
+    read_history,
+    write_history,
+)
 from embed_pipeline.stages.evaluation.metrics import check_k_values, mean_metrics, metric_keys
 from embed_pipeline.stages.evaluation.real_queries import RealQueries, load_real_queries
 from embed_pipeline.stages.evaluation.scoring import ModelScores, score_encoder
@@ -146,7 +152,7 @@ class RetrievalMetricsResult(BaseModel):
         if self.dimension_table:
             parts.append(f"By embedding dimension (Matryoshka):\n\n{self.dimension_table}")
         if len(self.history) > 1:
-            parts.append(f"nDCG@10 across runs:\n\n{history_table(self.history)}")
+            parts.append(f"nDCG@10 across runs:\n\n{history_table(self.history, SHOWN_ROWS)}")
         parts.append(f"Gate: {self.gate.description}\n")
         return "\n".join(parts)
 
@@ -329,8 +335,9 @@ def run_retrieval_metrics(
         frozen=frozen_metrics,
         frozen_since=frozen.since if frozen_metrics is not None and frozen else None,
     )
-    result.history = append_history(
-        out.file(RetrievalMetrics.HISTORY),
+    history_path = out.file(RetrievalMetrics.HISTORY)
+    result.history = [
+        *read_history(history_path, log),
         HistoryRow(
             at=datetime.now(UTC).isoformat(timespec="seconds"),
             num_queries=len(data.queries),
@@ -342,7 +349,7 @@ def run_retrieval_metrics(
             frozen_since=result.frozen_since,
             finetuned_model=finetuned.model,
         ),
-    )
+    ]
     write_json(
         out.file(RetrievalMetrics.PER_QUERY),
         {
@@ -354,10 +361,12 @@ def run_retrieval_metrics(
     write_json(
         metrics_path,
         {
-            **result.model_dump(mode="json", exclude={"table", "slice_table", "metrics_path", "table_path"}),
+            **result.model_dump(mode="json", exclude={"table", "slice_table", "metrics_path", "table_path", "history"}),
             "models": {"base": base.model, "finetuned": finetuned.model},
         },
     )
+    # Last: a run that died before its metrics were written leaves no row for them.
+    result.history = write_history(history_path, result.history)
     log.info(gate.description)
     return result
 

@@ -29,7 +29,11 @@ def _generate(inputs: GeneratorInputs, sections: dict[str, BaseModel], log: logg
     return Generated(
         pairs=result.pairs,
         facts={
-            **{f"embedding_cache_{k}": v for k, v in (vectors.stats() if vectors else {}).items() if k != "evicted"},
+            **{
+                f"embedding_cache_{k}": v
+                for k, v in (vectors.stats() if vectors else {}).items()
+                if k not in ("evicted", "errors") or v
+            },
             "llm_calls": stats.calls,
             "llm_cache_hits": stats.cache_hits,
             "tokens_in": stats.tokens_in,
