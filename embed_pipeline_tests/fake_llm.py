@@ -73,12 +73,12 @@ class FakeLLM:
     def answer(self, request: dict) -> Reply:
         step, user = step_of(request), user_message(request)
         faults = self.active(user)
-        if "server_error" in faults or (step == "judge" and "judge_error" in faults):
-            return reply_status(500, message="scripted overload")
         segments = re.findall(r"^\[(S\d+)\] (.*)$", user, re.M)
         assert segments, "every request shows [S1] segments"
         if "truncate" in faults and len(segments) > 1 and step in ("qa", "judge"):
             return reply_text('{"pairs": [{"question": "What is', finish_reason="length")
+        if "server_error" in faults or (step == "judge" and "judge_error" in faults):
+            return reply_status(500, message="scripted overload")
         if step == "artifacts":
             return reply_json(self.artifacts(segments))
         if step == "qa":
@@ -151,6 +151,6 @@ class FakeLLM:
             scores.append(
                 {"index": int(index), "relevance": s, "accuracy": s, "context_support": s, "clarity": s, "overall": s}
             )
-        if "judge_partial" in faults:
+        if "judge_partial" in faults or "judge_short" in faults:  # short on the first ask / on every ask
             scores = scores[:-1]
         return scores

@@ -90,6 +90,22 @@ def test_a_damaged_cache_file_is_moved_aside_and_never_fails_a_stage(tmp_path: P
     assert cache.errors == 2 and cache.stats()["errors"] == 2
 
 
+def test_a_locked_cache_is_left_alone_and_the_run_goes_on_without_it(tmp_path: Path, monkeypatch, caplog):
+    """Only a damaged file is moved aside: a locked one may be another run's live cache."""
+    import sqlite3
+
+    path = tmp_path / "cache.sqlite"
+    EmbeddingCache(path).put(vector_space("m", kind="passage"), {text_key("a"): np.ones(4, dtype=np.float32)})
+
+    def locked(self, *args, **kwargs):
+        raise sqlite3.OperationalError("database is locked")
+
+    monkeypatch.setattr(EmbeddingCache, "__init__", locked)
+    with caplog.at_level("WARNING"):
+        assert EmbeddingCache.open(path) is None
+    assert "running without it" in caplog.text and path.exists() and not list(tmp_path.glob("*.corrupt-*"))
+
+
 def _write_many(path: str, worker: int) -> None:
     cache = EmbeddingCache(path)
     space = vector_space("m", kind="passage")

@@ -406,6 +406,7 @@ def test_an_unchanged_checkpoint_keeps_its_export(trained_dir: Path, eval_set: P
         k: before[k] for k in ("cosine", "torch_metrics", "onnx_metrics", "passed")
     }
     assert before["onnx_from_cache"] == 0 and again["onnx_from_cache"] > 0 and again["torch_from_cache"] > 0
+    assert before["onnx_computed"] > 0 and (again["torch_computed"], again["onnx_computed"]) == (0, 0)
     assert second["embedding_cache"]["misses"] == 0
     third = ONNX_STAGE.run_json({"inputs": inputs, "config": {"int8": True}}, log)  # other settings: exported again
     assert not third["reused"] and "int8" in third["parity"]

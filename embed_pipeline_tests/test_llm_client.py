@@ -131,7 +131,7 @@ def test_trivially_malformed_json_is_repaired_without_another_call(text):
     assert client.stats.repaired == 1 and client.stats.reasks == 0
 
 
-def test_an_answer_cut_off_at_max_tokens_is_truncated_not_reasked_and_not_cached(tmp_path):
+def test_an_answer_cut_off_at_max_tokens_is_truncated_not_reasked_and_remembered(tmp_path):
     # Repairable JSON, but the server says it stopped at max_tokens: the same request would be cut again, and a
     # repaired half-list would pass for a complete answer; the caller must ask for less.
     cut = reply_text('{"question": "What does heapq.heappush do?", "score": 8', finish_reason="length")
@@ -139,11 +139,19 @@ def test_an_answer_cut_off_at_max_tokens_is_truncated_not_reasked_and_not_cached
         client = client_for(server, cache=cache, max_tokens=64)
         with pytest.raises(LLMCallError) as info:
             client.structured("qa", messages(), Answer)
-        assert len(cache) == 0
-    assert info.value.reason == "truncated" and "max_tokens (64)" in info.value.message
-    assert len(server.requests) == 1
-    stats = client.snapshot()
-    assert stats.reasks == 0 and stats.failures == {"truncated": 1} and stats.answers == {}
+        assert info.value.reason == "truncated" and "max_tokens (64)" in info.value.message
+        assert len(server.requests) == 1
+        stats = client.snapshot()
+        assert stats.reasks == 0 and stats.failures == {"truncated": 1} and stats.answers == {"qa": 1}
+        # remembered: the next run is told at once, without a request (and never handed a half answer)
+        again = client_for(server, cache=cache, max_tokens=64)
+        with pytest.raises(LLMCallError, match="earlier run"):
+            again.structured("qa", messages(), Answer)
+        assert len(server.requests) == 1 and again.snapshot().answer_tokens_out == stats.answer_tokens_out
+        # a larger max_tokens is another request: it is asked
+        with pytest.raises(LLMCallError):
+            client_for(server, cache=cache, max_tokens=65).structured("qa", messages(), Answer)
+        assert len(server.requests) == 2
 
 
 def test_unrepairable_garbage_is_reasked_then_counted_malformed():

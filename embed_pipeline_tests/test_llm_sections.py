@@ -84,9 +84,15 @@ def test_an_answer_cut_off_at_max_tokens_splits_the_section_and_loses_nothing(tm
     assert result.failures == {} and result.units_failed == 0 and len(result.pairs) == 42
     assert result.stats.failures == {"truncated": 2}
     assert len(requests) == 3 + 3 + 2 + 2  # 3 QA + 3 judge, then 2 halves of each cut-off answer
-    assert {p.query_id.rsplit("-l", 1)[0] for p in result.pairs if p.doc_ids == ["sub/sqlite3.notes.md"]} == {
-        "sub/sqlite3.notes.md#0", "sub/sqlite3.notes.md#1"
-    }  # fmt: skip
+    stems = {p.query_id.rsplit("-l", 1)[0] for p in result.pairs if p.doc_ids == ["sub/sqlite3.notes.md"]}
+    assert stems == {"sub/sqlite3.notes.md#0+1-h0", "sub/sqlite3.notes.md#0+1-h1"}
+    assert len({p.query_id for p in result.pairs}) == 42
+    # the cut-off answers are remembered: the next run goes straight to the halves, with no request at all
+    with FakeLLMServer(FakeLLM({SQLITE_CHUNK: "truncate"})) as server:
+        again = run(server, chunks, tmp_path / "c.sqlite", config=LLMGeneratorConfig())
+        assert server.calls == 0
+    assert [p.model_dump() for p in again.pairs] == [p.model_dump() for p in result.pairs]
+    assert again.stats.answers == result.stats.answers  # the cut-off calls counted as what a cold run costs
 
 
 def test_judge_batches_hold_at_most_judge_batch_pairs(tmp_path):
@@ -107,3 +113,45 @@ def test_counts_must_agree_and_name_types():
         LLMGeneratorConfig(query_counts={}, reasoning_counts={})
     config = LLMGeneratorConfig()
     assert config.pairs_per_chunk == 7 and config.reasoning_types[-2:] == ["visual", "causal"]
+
+
+def test_a_refresh_with_default_sections_asks_only_about_the_new_document(tmp_path):
+    old, new = make_chunks(THREE_DOCS), make_chunks(["socket"])
+    cache = tmp_path / "c.sqlite"
+    with FakeLLMServer(FakeLLM()) as server:
+        first = run(server, old, cache, config=LLMGeneratorConfig())
+        calls = server.calls
+        second = run(server, old, cache, config=LLMGeneratorConfig())
+        assert server.calls == calls
+        third = run(server, old + new, cache, config=LLMGeneratorConfig())
+        refresh = server.requests[calls:]
+    assert [p.model_dump() for p in second.pairs] == [p.model_dump() for p in first.pairs]
+    assert sorted(steps(refresh)) == ["judge", "qa"]  # one section, one judge batch
+    new_texts = [" ".join(c.text.split()) for c in new]
+    assert all(all(t in user_message(r.json) for t in new_texts) for r in refresh)
+    assert [p.model_dump() for p in third.pairs if p.doc_ids != ["socket"]] == [p.model_dump() for p in first.pairs]
+
+
+def test_a_judge_that_keeps_skipping_pairs_costs_one_split_not_hundreds(tmp_path):
+    chunks = long_document("big", 6)  # 18 pairs in one judge batch
+    config = LLMGeneratorConfig(**counts(3))
+    with FakeLLMServer(FakeLLM({"big": "judge_short"})) as server:
+        result = run(server, chunks, tmp_path / "c.sqlite", config=config)
+        judge_calls = steps(server.requests).count("judge")
+    # three tries of the batch, then its two halves three tries each (no further split), then the pairs are
+    # dropped and counted
+    assert judge_calls == 3 + 2 * 3
+    assert result.failures == {"judge_failed": 1} and result.pairs == [] and result.units_failed == 1
+
+
+def test_a_half_of_a_split_judge_batch_that_fails_drops_only_its_own_pairs(tmp_path):
+    chunks = long_document("big", 6)
+    config = LLMGeneratorConfig(**counts(3))
+    # the whole batch is cut off (it shows more than one segment); its halves are asked on their own: the half
+    # showing chunk 0's text fails with a server error, the other half is scored
+    faults = {"big": "truncate", chunks[0].text[:30]: "judge_error"}
+    with FakeLLMServer(FakeLLM(faults)) as server:
+        result = run(server, chunks, tmp_path / "c.sqlite", config=config, max_retries=0, max_tokens=100_000)
+    assert result.judge_batches_split >= 1 and result.failures.get("judge_failed", 0) >= 1
+    assert 0 < len(result.pairs) < 18
+    assert all(chunks[0].chunk_id not in p.positive_chunk_ids for p in result.pairs)

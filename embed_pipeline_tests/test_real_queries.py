@@ -10,6 +10,7 @@ import pytest
 from embed_pipeline.core.encoder import EncoderConfig
 from embed_pipeline.core.records import Chunk
 from embed_pipeline.stages.evaluation import RetrievalMetricsConfig, load_real_queries, run_retrieval_metrics
+from embed_pipeline.stages.evaluation.stage import read_chunks
 
 CHUNKS = [
     Chunk(chunk_id="heap_0000", doc_id="algo/heapq.md", index=0, text="A heap keeps the smallest item at the root.",
@@ -168,7 +169,7 @@ def test_retrieval_metrics_scores_real_queries_beside_synthetic(tmp_path: Path, 
         EncoderConfig(model=str(other), **enc),
         config,
         tmp_path / "out",
-        chunk_files=[chunks_file],
+        passages=read_chunks([chunks_file]),
     )
     real = result.real
     assert real is not None and real.num_queries == 3 and real.levels == {"document": 2, "passage": 1}

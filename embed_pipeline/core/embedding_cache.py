@@ -87,7 +87,11 @@ def vector_space(fingerprint: str, **settings: object) -> str:
 
 
 DEFAULT_MAX_BYTES = 8 * 2**30  # 8 GiB: 5M vectors of 384 floats, 2M of 1024
-_ROW_OVERHEAD_BYTES = 200  # two sha256 hex keys in the row and the index, the timestamp, page slack
+_ROW_OVERHEAD_BYTES = 200
+_DAMAGED = {
+    sqlite3.SQLITE_NOTADB,
+    sqlite3.SQLITE_CORRUPT,
+}  # two sha256 hex keys in the row and the index, the timestamp, page slack
 
 
 class EmbeddingCache:
@@ -110,27 +114,30 @@ class EmbeddingCache:
 
     @classmethod
     def open(cls, path: Path | str | None) -> EmbeddingCache | None:
-        """The cache at ``path``, or None when there is none (the cache is turned off, or cannot be created)."""
+        """The cache at ``path``, or None when there is none (turned off, or it cannot be opened now)."""
         if not path:
             return None
         path = Path(path)
         try:
             return cls(path)
         except sqlite3.DatabaseError as exc:
-            if not path.exists():
-                _log.warning("Cannot create the embedding cache %s (%s): running without it.", path, exc)
+            # Only a file that is not a database, or a damaged one, is moved aside; a locked, read-only or missing
+            # one may be another run's live cache: run without it this time.
+            if getattr(exc, "sqlite_errorcode", None) not in _DAMAGED or not path.exists():
+                _log.warning("Cannot open the embedding cache %s (%s): running without it.", path, exc)
                 return None
             aside = path.with_name(f"{path.name}.corrupt-{int(time.time())}")
-            _log.warning("The embedding cache %s cannot be read (%s): moved aside to %s, starting an empty one.",
-                         path, exc, aside.name)  # fmt: skip
-            path.rename(aside)
-            for suffix in ("-wal", "-shm"):
-                path.with_name(path.name + suffix).unlink(missing_ok=True)
-        try:
-            return cls(path)
-        except sqlite3.DatabaseError as exc:
-            _log.warning("Cannot create the embedding cache %s (%s): running without it.", path, exc)
-            return None
+            try:
+                path.rename(aside)
+                for suffix in ("-wal", "-shm"):
+                    path.with_name(path.name + suffix).unlink(missing_ok=True)
+                _log.warning("The embedding cache %s cannot be read (%s): moved aside to %s, starting an empty one.",
+                             path, exc, aside.name)  # fmt: skip
+                return cls(path)
+            except (OSError, sqlite3.Error) as again:
+                _log.warning("The embedding cache %s cannot be read (%s) nor replaced (%s): running without it.",
+                             path, exc, again)  # fmt: skip
+                return None
 
     def _failed(self, action: str, exc: sqlite3.Error) -> None:
         self.errors += 1

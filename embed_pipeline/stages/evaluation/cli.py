@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 
 from embed_pipeline.core.encoder import EncoderConfig
-from embed_pipeline.stages.evaluation.stage import RetrievalMetricsConfig, run_retrieval_metrics
+from embed_pipeline.stages.evaluation.stage import RetrievalMetricsConfig, read_chunks, run_retrieval_metrics
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         k_values=args.k_values, batch_size=args.batch_size, dimensions=args.dimensions, eval_queries=args.eval_queries
     )
     result = run_retrieval_metrics(
-        args.eval_dir, enc(args.base), enc(args.finetuned), config, args.out, chunk_files=args.chunks
+        args.eval_dir, enc(args.base), enc(args.finetuned), config, args.out, passages=read_chunks(args.chunks or [])
     )
     print(result.report(), end="")
     return 0

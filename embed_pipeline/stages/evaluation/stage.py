@@ -234,23 +234,19 @@ def run_retrieval_metrics(
     config: RetrievalMetricsConfig,
     out_dir: Path,
     logger: logging.Logger | None = None,
-    chunk_files: list[Path] | None = None,
     passages: list[Chunk] | None = None,
     cache: EmbeddingCache | None = None,
     frozen: FrozenSet | None = None,
 ) -> RetrievalMetricsResult:
     """Evaluate the base then the fine-tuned encoder; write ``metrics.json``, ``per_query.json`` and ``table.md``.
 
-    ``passages`` (or, read from them, ``chunk_files``: JSONL of chunks) is the corpus real queries
-    (``config.eval_queries``) are searched against.
+    ``passages`` is the corpus real queries (``config.eval_queries``) are searched against (``read_chunks`` reads
+    it from JSONL files of chunks).
     """
     log = logger or _log
     data = load_beir(Path(eval_dir))
     ks = config.k_values
-    if passages is not None:
-        chunks = passages
-    else:
-        chunks = read_chunks(chunk_files or []) if config.eval_queries else []
+    chunks = passages or []
     real = load_real_queries(config.eval_queries, chunks) if config.eval_queries else None
     log.info(f"retrieval metrics: {len(data.queries)} queries, {len(data.corpus)} passages, k={ks}")
     warnings: list[str] = []

@@ -100,6 +100,10 @@ class ParityReport(BaseModel):
         0, description="PyTorch vectors read from the embedding cache (its texts/s then measures the cache too)."
     )
     onnx_from_cache: int = Field(0, description="Exported-model vectors read from the cache (an unchanged graph).")
+    torch_computed: int | None = Field(
+        None, description="Distinct texts the PyTorch side encoded (0: all from the cache; None: no cache)."
+    )
+    onnx_computed: int | None = Field(None, description="Distinct texts the exported model encoded (None: no cache).")
 
 
 def _encode(encoder, data: BeirData, batch_size: int | None, log: logging.Logger, name: str):
@@ -258,22 +262,25 @@ def check_parity_variants(
 
     log.info(f"parity {', '.join(variants)}: {len(data.queries)} queries, {len(data.corpus)} passages")
     torch_encoder = Encoder(config).use_cache(cache)
-    before = cache.hits if cache else 0
+    before, misses_before = (cache.hits, cache.misses) if cache else (0, 0)
     reference = _encode(torch_encoder, data, batch_size, log, "PyTorch")
     from_cache = (cache.hits - before) if cache else 0
+    computed = (cache.misses - misses_before) if cache else None
     del torch_encoder
     gc.collect()
     reports: dict[str, ParityReport] = {}
     for variant in variants:
         onnx_encoder = OnnxEncoder(Path(onnx_dir), variant=variant, providers=providers)  # type: ignore[arg-type]
         onnx_encoder.use_cache(cache)  # keyed by the graph's bytes: an unchanged export's vectors are reused
-        before_onnx = cache.hits if cache else 0
+        before_onnx, misses_onnx = (cache.hits, cache.misses) if cache else (0, 0)
         candidate = _encode(onnx_encoder, data, batch_size, log, f"ONNX {variant}")
         onnx_from_cache = (cache.hits - before_onnx) if cache else 0
+        onnx_computed = (cache.misses - misses_onnx) if cache else None
         report = compare(
             data, ks, reference, candidate, variant, PARITY_THRESHOLDS[variant],
             str(model_dir), str(onnx_dir), onnx_encoder.providers, failures,
-        ).model_copy(update={"torch_from_cache": from_cache, "onnx_from_cache": onnx_from_cache})  # fmt: skip
+        ).model_copy(update={"torch_from_cache": from_cache, "onnx_from_cache": onnx_from_cache,
+                             "torch_computed": computed, "onnx_computed": onnx_computed})  # fmt: skip
         del onnx_encoder
         log.info(
             f"parity {variant}: min cosine {report.cosine['all'].min:.6f}, nDCG@10 delta "

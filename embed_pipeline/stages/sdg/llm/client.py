@@ -63,6 +63,7 @@ T = TypeVar("T", bound=BaseModel)
 _log = logging.getLogger("embed_pipeline.sdg.llm")
 
 _MAX_ECHO_CHARS = 4000
+TRUNCATED = "\x00truncated"  # cached in place of an answer that was cut off at max_tokens (never valid JSON)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -81,7 +82,8 @@ class CallStats(BaseModel):
     failures: dict[str, int] = Field(default_factory=dict, description="structured() calls that failed, by reason.")
     answers: dict[str, int] = Field(
         default_factory=dict,
-        description="Answers by role (artifacts, qa, judge), from the cache or not: the calls a cold run makes.",
+        description="Answers by role (artifacts, qa, judge), from the cache or not, cut-off ones included: the calls a "
+        "cold run makes (re-asks of a malformed answer and retries of transient errors aside).",
     )
     answer_tokens_in: int = Field(0, description="Prompt tokens of those answers, cached ones at what they cost.")
     answer_tokens_out: int = Field(0, description="Completion tokens of those answers, cached ones included.")
@@ -119,10 +121,11 @@ class LLMCallError(Exception):
     caller asks for less instead).
     """
 
-    def __init__(self, reason: str, message: str) -> None:
+    def __init__(self, reason: str, message: str, tokens_in: int = 0, tokens_out: int = 0) -> None:
         super().__init__(f"{reason}: {message}")
         self.reason = reason
         self.message = message
+        self.tokens_in, self.tokens_out = tokens_in, tokens_out  # what the failed answer cost, when known
 
 
 def redact(text: str, secret: str | None) -> str:
@@ -202,6 +205,13 @@ class LLMClient:
         key = self.cache_key(role, model, messages, response_model)
         if self.cache is not None:
             cached = self.cache.entry(key)
+            if cached is not None and cached[0] == TRUNCATED:
+                # Cut off at this max_tokens before: the same request would be cut again (and paid for again).
+                self._count_answer(role, cached[1], cached[2])
+                with self._lock:
+                    self.stats.cache_hits += 1
+                    self.stats.failures["truncated"] = self.stats.failures.get("truncated", 0) + 1
+                raise LLMCallError("truncated", f"the {role} answer reached max_tokens in an earlier run (cached)")
             if cached is not None:
                 try:
                     obj, _ = parse_answer(cached[0], response_model)
@@ -220,6 +230,15 @@ class LLMClient:
         if error is not None:
             with self._lock:
                 self.stats.failures[error.reason] = self.stats.failures.get(error.reason, 0) + 1
+            if error.reason == "truncated":
+                # A cut-off answer is a paid call and an outcome to remember: the caller asks for less instead,
+                # and a later run goes straight there (the key includes max_tokens: raising it asks again).
+                self._count_answer(role, error.tokens_in, error.tokens_out)
+                if self.cache is not None:
+                    try:
+                        self.cache.put(key, role, model, TRUNCATED, error.tokens_in, error.tokens_out)
+                    except sqlite3.Error as exc:
+                        self.log.warning("Could not store an LLM answer in the cache %s: %s", self.cache.path, exc)
             raise error
         self._count_answer(role, tokens_in, tokens_out)
         if self.cache is not None:
@@ -256,7 +275,10 @@ class LLMClient:
             tokens_in, tokens_out = tokens_in + t_in, tokens_out + t_out
             if finish == "length":
                 raise LLMCallError(
-                    "truncated", f"the {role} answer reached max_tokens ({self.config.max_tokens}) and was cut off"
+                    "truncated",
+                    f"the {role} answer reached max_tokens ({self.config.max_tokens}) and was cut off",
+                    tokens_in,
+                    tokens_out,
                 )
             try:
                 obj, repaired = parse_answer(text, response_model)

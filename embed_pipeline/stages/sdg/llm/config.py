@@ -36,8 +36,9 @@ class LLMEndpointConfig(BaseModel):
     max_tokens: int = Field(
         16384,
         ge=1,
-        description="Most tokens in one answer. A section of 12 chunks asks for 84 pairs (about 9,000 tokens); an "
-        "answer cut at this limit is not re-asked: its section (or judge batch) is split in two and asked again.",
+        description="Most tokens in one answer. Sections and judge batches are sized to fit it (an estimated 150 "
+        "tokens per pair, 15 per listed artifact, 60 per judge score: 12 chunks take about 14,500); an answer cut "
+        "at this limit anyway is not re-asked: its section (or judge batch) is split in two and asked again.",
     )
     timeout_s: float = Field(120.0, gt=0.0, description="Seconds to wait for one HTTP request before retrying.")
     max_retries: int = Field(

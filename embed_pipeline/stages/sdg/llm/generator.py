@@ -72,6 +72,7 @@ from embed_pipeline.stages.sdg.llm.client import CallStats, LLMCallError, LLMCli
 from embed_pipeline.stages.sdg.llm.config import LLMEndpointConfig, LLMGeneratorConfig
 from embed_pipeline.stages.sdg.llm.prompts import artifact_messages, is_standalone, judge_messages, qa_messages
 from embed_pipeline.stages.sdg.llm.schemas import (
+    ARTIFACT_TYPES,
     ArtifactExtraction,
     GeneratedPair,
     QAGeneration,
@@ -90,8 +91,10 @@ JUDGE_BINS = ("1-2", "3-4", "5-6", "7-8", "9-10")
 # judge batches are sized to fit the endpoint's max_tokens up front instead of being cut off and asked again.
 ANSWER_TOKENS_PER_PAIR = 150
 ANSWER_TOKENS_PER_SCORE = 60
-# Failures after which a smaller request may succeed: the answer was cut off, or a long judge list skipped pairs.
-_SPLITTABLE = frozenset({"truncated", "schema_violation", "malformed_json"})
+ANSWER_TOKENS_PER_ARTIFACT = 15  # listed in the QA answer: max_artifacts_per_type x 7 types per chunk
+# A judge batch whose answer stays off-schema after its re-asks (a long list that skips or repeats pairs) is split in
+# two once, when it holds at least this many pairs; a cut-off answer splits down to single pairs.
+_SPLIT_OFF_SCHEMA_MIN_PAIRS = 16
 
 
 class LLMGenerationResult(BaseModel):
@@ -163,12 +166,24 @@ def judge_bin(score: float) -> str:
     return JUDGE_BINS[min((low - 1) // 2, len(JUDGE_BINS) - 1)]
 
 
+def section_key(unit: Sequence[Chunk]) -> str:
+    """The query-id stem of a unit: its chunk id alone, ``<first chunk id>+<n more>`` for a section of one document
+    (sections of a document never overlap), else the bundle's hash (:func:`~.bundling.unit_key`)."""
+    if len({c.doc_id for c in unit}) == 1 and len(unit) > 1:
+        return f"{unit[0].chunk_id}+{len(unit) - 1}"
+    return unit_key(unit)
+
+
 def _check_pairs(
-    unit_index: int, unit: Sequence[Chunk], pairs: Sequence[GeneratedPair], wanted: int, config: LLMGeneratorConfig
+    unit_index: int,
+    unit: Sequence[Chunk],
+    pairs: Sequence[GeneratedPair],
+    wanted: int,
+    config: LLMGeneratorConfig,
+    key: str,
 ) -> tuple[list[_Draft], Counter]:
     """Keep the pairs of one QA answer that cite real segments, stand alone and carry known types."""
     segments = {f"S{i}": chunk for i, chunk in enumerate(unit, start=1)}
-    key = unit_key(unit)
     drops: Counter = Counter()
     drafts: list[_Draft] = []
     for j, pair in enumerate(pairs):
@@ -216,7 +231,12 @@ def _check_pairs(
 
 
 def _ask_unit(
-    client: LLMClient, unit_index: int, unit: Sequence[Chunk], config: LLMGeneratorConfig, separate_artifacts: bool
+    client: LLMClient,
+    unit_index: int,
+    unit: Sequence[Chunk],
+    config: LLMGeneratorConfig,
+    separate_artifacts: bool,
+    key: str,
 ) -> _UnitAnswer:
     """(Artifacts and) QA for one unit as it is; raises LLMCallError when a call fails for good."""
     texts = [c.text for c in unit]
@@ -234,22 +254,32 @@ def _ask_unit(
                                config.max_artifacts_per_type, multi_document=multi_document)  # fmt: skip
         pairs = client.structured("qa", messages, QAWithArtifacts).pairs
     wanted = config.pairs_per_chunk * n
-    drafts, drops = _check_pairs(unit_index, unit, pairs, wanted, config)
+    drafts, drops = _check_pairs(unit_index, unit, pairs, wanted, config, key)
     return _UnitAnswer(drafts, drops, returned=len(pairs), requested=wanted, empty_answers=int(not pairs))
 
 
 def _generate_unit(
-    client: LLMClient, unit_index: int, unit: Sequence[Chunk], config: LLMGeneratorConfig, separate_artifacts: bool
+    client: LLMClient,
+    unit_index: int,
+    unit: Sequence[Chunk],
+    config: LLMGeneratorConfig,
+    separate_artifacts: bool,
+    stem: str | None = None,
+    halves: str = "",
 ) -> _UnitAnswer:
-    """QA for one unit; an answer cut off at max_tokens splits the unit in two halves, each asked on its own."""
+    """QA for one unit; an answer cut off at max_tokens splits the unit in two halves, each asked on its own.
+
+    Query ids of a half are the unit's stem plus the path of halves (``-h0``, ``-h1``, ``-h10``...): unique even
+    when two bundles share a partner chunk and both are split down to it."""
+    stem = stem or section_key(unit)
     try:
-        return _ask_unit(client, unit_index, unit, config, separate_artifacts)
+        return _ask_unit(client, unit_index, unit, config, separate_artifacts, f"{stem}-h{halves}" if halves else stem)
     except LLMCallError as exc:
         if exc.reason != "truncated" or len(unit) < 2:
             raise
     half = (len(unit) + 1) // 2
-    first = _generate_unit(client, unit_index, unit[:half], config, separate_artifacts)
-    second = _generate_unit(client, unit_index, unit[half:], config, separate_artifacts)
+    first = _generate_unit(client, unit_index, unit[:half], config, separate_artifacts, stem, halves + "0")
+    second = _generate_unit(client, unit_index, unit[half:], config, separate_artifacts, stem, halves + "1")
     return _UnitAnswer(
         drafts=first.drafts + second.drafts,
         drops=first.drops + second.drops,
@@ -340,17 +370,45 @@ def _ask_judge(client: LLMClient, chunks: dict[str, Chunk], drafts: list[_Draft]
     return scores
 
 
-def _judge_batch(client: LLMClient, chunks: dict[str, Chunk], drafts: list[_Draft]) -> tuple[dict[int, float], int]:
-    """Scores by position in ``drafts`` and the splits it took; a cut-off or incomplete answer splits the batch."""
+@dataclass
+class _Judged:
+    """One judge batch's outcome: scores by position, the splits it took, and the parts that failed for good."""
+
+    scores: dict[int, float] = field(default_factory=dict)
+    splits: int = 0
+    failed: list[tuple[range, LLMCallError]] = field(default_factory=list)  # positions, error
+
+
+def _judge_batch(
+    client: LLMClient, chunks: dict[str, Chunk], drafts: list[_Draft], split_off_schema: bool = True
+) -> _Judged:
+    """Scores by position in ``drafts``. A cut-off answer splits the batch (down to single pairs); an answer still
+    off-schema after its re-asks splits it once (at least 16 pairs), so a model that cannot follow the schema costs a
+    few calls more, not hundreds. A half that fails for good is recorded and the other half kept; a batch that
+    fails as a whole raises LLMCallError."""
     try:
-        return _ask_judge(client, chunks, drafts), 0
+        return _Judged(scores=_ask_judge(client, chunks, drafts))
     except LLMCallError as exc:
-        if exc.reason not in _SPLITTABLE or len(drafts) < 2:
+        off_schema = exc.reason in ("schema_violation", "malformed_json") and split_off_schema
+        if len(drafts) < 2 or not (
+            exc.reason == "truncated" or (off_schema and len(drafts) >= _SPLIT_OFF_SCHEMA_MIN_PAIRS)
+        ):
             raise
+        again = split_off_schema and exc.reason == "truncated"
     half = (len(drafts) + 1) // 2
-    first, first_splits = _judge_batch(client, chunks, drafts[:half])
-    second, second_splits = _judge_batch(client, chunks, drafts[half:])
-    return {**first, **{half + i: s for i, s in second.items()}}, first_splits + second_splits + 1
+    out = _Judged(splits=1)
+    for offset, part in ((0, drafts[:half]), (half, drafts[half:])):
+        try:
+            sub = _judge_batch(client, chunks, part, again)
+        except LLMCallError as exc:
+            out.failed.append((range(offset, offset + len(part)), exc))
+            continue
+        out.scores.update({offset + i: score for i, score in sub.scores.items()})
+        out.splits += sub.splits
+        out.failed += [(range(offset + r.start, offset + r.stop), e) for r, e in sub.failed]
+    if not out.scores:
+        raise out.failed[-1][1]
+    return out
 
 
 def _run_parallel(
@@ -403,14 +461,16 @@ def generate_llm(
     endpoint.require_key()  # fail fast, before any work
     start = time.perf_counter()
     # The most chunks (pairs) whose answer fits max_tokens; a smaller cap than configured shrinks sections (batches).
-    section_chunks = min(config.section_chunks, max(1, endpoint.max_tokens // (ANSWER_TOKENS_PER_PAIR *
-                                                                                config.pairs_per_chunk)))  # fmt: skip
+    separate_artifacts = config.artifacts == "own_call" or endpoint.model_for("artifacts") != endpoint.model_for("qa")
+    per_chunk = ANSWER_TOKENS_PER_PAIR * config.pairs_per_chunk
+    if not separate_artifacts:
+        per_chunk += ANSWER_TOKENS_PER_ARTIFACT * config.max_artifacts_per_type * len(ARTIFACT_TYPES)
+    section_chunks = min(config.section_chunks, max(1, endpoint.max_tokens // per_chunk))
     judge_batch_pairs = min(config.judge_batch_pairs, max(1, endpoint.max_tokens // ANSWER_TOKENS_PER_SCORE))
     if config.bundle_size > 1:
         units = make_units(chunks, config.bundle_size, config.bundle_strategy)
     else:
         units = make_sections(chunks, section_chunks)
-    separate_artifacts = config.artifacts == "own_call" or endpoint.model_for("artifacts") != endpoint.model_for("qa")
     documents = len({c.doc_id for c in chunks})
     failures: Counter = Counter()
     failed_units: set[int] = set()
@@ -423,7 +483,7 @@ def generate_llm(
         len(units),
         f"bundles of {config.bundle_size} documents"
         if config.bundle_size > 1
-        else f"<= {config.section_chunks} chunks of one document each",
+        else f"<= {section_chunks} chunks of one document each",
         config.pairs_per_chunk,
         "in their own call" if separate_artifacts else "in the QA call",
         model,
@@ -499,11 +559,16 @@ def generate_llm(
                 docs = ", ".join(sorted({d for draft in batch for d in draft.doc_ids}))
                 log.warning("Judge failed for %d pairs of %s, they are dropped: %s", len(batch), docs, value.message)
                 continue
-            scores, splits = value
-            batches_split += splits
+            scores, batches_split = value.scores, batches_split + value.splits
+            failed_positions = {i for positions, _ in value.failed for i in positions}
+            for positions, error in value.failed:  # parts of a split batch that failed for good: dropped, counted
+                failures["judge_failed"] += 1
+                failed_units.update(batch[i].unit for i in positions)
+                log.warning("Judge failed for %d pairs, they are dropped: %s", len(positions), error.message)
             for position, draft in enumerate(batch):
                 if position not in scores:
-                    failures["judge_missing_score"] += 1
+                    if position not in failed_positions:
+                        failures["judge_missing_score"] += 1
                     continue
                 score = min(10.0, max(0.0, scores[position]))
                 histogram[judge_bin(score)] += 1
