@@ -88,6 +88,22 @@ def test_mining_excludes_test_documents_and_unrolls_positives(corpus, tiny_model
     assert result.num_excluded_test_chunks == 6
 
 
+def test_query_batches_and_an_ivf_index_searching_every_list_give_the_same_rows(corpus, tiny_model_dir: Path):
+    """The scale settings change how the search runs, not what it finds (IVF with nprobe >= nlist is exact)."""
+    encoder = Encoder(EncoderConfig(model=str(tiny_model_dir)))
+    pairs = [
+        QAPair(query_id=f"q{i}", query=f"question {i} about sqlite and json", positive_chunk_ids=[f"d{i}_0000"],
+               doc_ids=[f"d{i}"], query_type="keyword", quality_score=9, generator="t")
+        for i in range(5)
+    ]  # fmt: skip
+    plain = mine_hard_negatives({"train": pairs}, corpus, {"d7"}, encoder, MiningConfig())
+    scaled = mine_hard_negatives(
+        {"train": pairs}, corpus, {"d7"}, encoder,
+        MiningConfig(query_batch_size=2, index="ivf", ivf_nprobe=10_000),
+    )  # fmt: skip
+    assert [r.model_dump() for r in scaled.examples["train"]] == [r.model_dump() for r in plain.examples["train"]]
+
+
 def test_duplicate_of_a_positive_is_not_a_negative(tiny_model_dir: Path):
     chunks = [_chunk("a", 0, "the same text"), _chunk("b", 0, "the same text"), _chunk("c", 0, "other words")]
     q = QAPair(

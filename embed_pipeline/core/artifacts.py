@@ -83,18 +83,22 @@ def write_jsonl(path: Path, records: Iterable[BaseModel | dict]) -> int:
     return n
 
 
-def read_jsonl(path: Path, model: type[M]) -> list[M]:
-    """Read JSON lines into ``model``; a bad line raises with the file and line number."""
-    out: list[M] = []
+def iter_jsonl(path: Path, model: type[M]) -> Iterator[M]:
+    """JSON lines as ``model`` records, one at a time (a pass over a large file holds one record); a bad line
+    raises with the file and line number."""
     with Path(path).open(encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, 1):
             if not line.strip():
                 continue
             try:
-                out.append(model.model_validate_json(line))
+                yield model.model_validate_json(line)
             except ValueError as exc:
                 raise ValueError(
                     f"{path}:{lineno}: not a valid {model.__name__} record ({exc}). "
                     "Re-materialize the upstream asset to rewrite this file."
                 ) from exc
-    return out
+
+
+def read_jsonl(path: Path, model: type[M]) -> list[M]:
+    """Read JSON lines into ``model``; a bad line raises with the file and line number."""
+    return list(iter_jsonl(path, model))

@@ -1,9 +1,17 @@
-"""Exact dense search with faiss: passages (``search``) and documents scored by their best passage (``MaxP``)."""
+"""Exact dense search with faiss: passages (``search``) and documents scored by their best passage (``MaxP``).
+
+Evaluation is always exact (an approximate index would move the metrics it reports); the index is built in blocks
+and searched in query batches (:mod:`embed_pipeline.core.vector_index`), on a GPU when faiss-gpu sees one.
+"""
 
 from __future__ import annotations
 
-import faiss
 import numpy as np
+
+from embed_pipeline.core.vector_index import IndexConfig, VectorIndex, build_index
+from embed_pipeline.core.vector_index import search as search_index
+
+EXACT = IndexConfig(kind="exact")
 
 
 def _check(q: np.ndarray, c: np.ndarray, query_ids: list[str], corpus_ids: list[str], top_k: int) -> None:
@@ -20,10 +28,8 @@ def _check(q: np.ndarray, c: np.ndarray, query_ids: list[str], corpus_ids: list[
         raise ValueError("search: the corpus is empty.")
 
 
-def _index(corpus: np.ndarray) -> faiss.IndexFlatIP:
-    index = faiss.IndexFlatIP(corpus.shape[1])
-    index.add(corpus)
-    return index
+def _index(corpus: np.ndarray) -> VectorIndex:
+    return build_index(corpus, EXACT)
 
 
 def search(
@@ -40,7 +46,7 @@ def search(
     q = np.ascontiguousarray(query_emb, dtype=np.float32)
     c = np.ascontiguousarray(corpus_emb, dtype=np.float32)
     _check(q, c, query_ids, corpus_ids, top_k)
-    scores, idx = _index(c).search(q, min(top_k, c.shape[0]))
+    scores, idx = search_index(_index(c), q, min(top_k, c.shape[0]), EXACT.query_batch_size)
     return {
         qid: {corpus_ids[j]: float(s) for j, s in zip(row_idx, row_scores, strict=True) if j >= 0}
         for qid, row_idx, row_scores in zip(query_ids, idx, scores, strict=True)
@@ -69,7 +75,7 @@ def search_documents(
     pending = list(range(len(query_ids)))
     depth = min(n_passages, 4 * top_k)
     while pending:
-        scores, idx = index.search(q[pending], depth)
+        scores, idx = search_index(index, q[pending], depth, EXACT.query_batch_size)
         still = []
         for row, qi in enumerate(pending):
             docs: dict[str, float] = {}
