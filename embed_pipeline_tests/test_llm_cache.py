@@ -55,3 +55,26 @@ def test_concurrent_puts_and_gets(tmp_path):
         for thread in threads:
             thread.join()
         assert not errors and len(cache) == 400
+
+
+def test_on_a_network_filesystem_the_answers_are_files(tmp_path):
+    """SQLite's locking cannot be trusted on NFS (a cluster's shared volume): there, one file per answer."""
+    from embed_pipeline.stages.sdg.llm.cache import FileLLMCache, filesystem_type, open_llm_cache
+
+    mounts = f"server:/export {tmp_path} nfs4 rw,relatime 0 0\n/dev/sda1 / ext4 rw 0 0\n"
+    assert filesystem_type(tmp_path / "corpus" / "qa_pairs", mounts) == "nfs4"
+    assert filesystem_type("/usr/lib", mounts) == "ext4"
+    assert isinstance(open_llm_cache(tmp_path / "a" / "llm_cache.sqlite", "sqlite"), LLMCache)
+    with open_llm_cache(tmp_path / "b" / "llm_cache.sqlite", "files") as cache:
+        assert isinstance(cache, FileLLMCache) and cache.path == tmp_path / "b" / "llm_cache"
+        assert cache.entry("ab" * 32) is None and len(cache) == 0
+        cache.put("ab" * 32, "qa", "m", '{"x": 1}', 10, 3)
+        cache.put("ab" * 32, "qa", "m", '{"x": 2}', 11, 4)  # replaced, atomically
+        assert cache.entry("ab" * 32) == ('{"x": 2}', 11, 4) and len(cache) == 1 and "ab" * 32 in cache
+        (cache.path / "cd" / f"{'cd' * 32}.json").parent.mkdir()
+        (cache.path / "cd" / f"{'cd' * 32}.json").write_text("{damaged")
+        assert cache.get("cd" * 32) is None  # a damaged file is a miss, asked again
+    again = FileLLMCache(tmp_path / "b" / "llm_cache")
+    assert again.get("ab" * 32) == '{"x": 2}'
+    with pytest.raises(ValueError, match="Unknown LLM cache backend"):
+        open_llm_cache(tmp_path / "c.sqlite", "redis")

@@ -1,5 +1,9 @@
 """A small sqlite database of LLM answers, so an unchanged corpus costs zero calls and a killed run resumes.
 
+On a network filesystem (NFS and the like: a cluster's ReadWriteMany volume), where SQLite's locking and WAL cannot
+be trusted, :func:`open_llm_cache` uses :class:`FileLLMCache` instead: one file per answer, written by atomic
+rename (``EMBED_LLM_CACHE_BACKEND``: ``auto``, ``sqlite``, ``files``).
+
 One table, ``answers(key TEXT PRIMARY KEY, role, model, response, tokens_in, tokens_out, created_at)``. The key is
 a hash of the exact request inputs (see :meth:`LLMClient.cache_key`); only answers that parsed and validated are
 stored. Every ``put`` commits at once (WAL journal), so answers finished before a crash survive it. Safe to share
@@ -8,6 +12,9 @@ between threads. Nothing secret is stored: no API key, no headers, no endpoint.
 
 from __future__ import annotations
 
+import json
+import logging
+import os
 import sqlite3
 import threading
 import time
@@ -97,3 +104,96 @@ class LLMCache:
 
     def __repr__(self) -> str:
         return f"LLMCache({str(self.path)!r})"
+
+
+# Filesystems where SQLite's locking (and WAL's shared memory) cannot be trusted: a Kubernetes ReadWriteMany volume
+# is usually one of these (NFS, EFS, CephFS, Azure Files, GCS/S3 FUSE mounts).
+NETWORK_FILESYSTEMS = frozenset(
+    {"nfs", "nfs4", "cifs", "smb3", "smbfs", "ceph", "glusterfs", "lustre", "gpfs", "beegfs", "9p", "afs",
+     "fuse.sshfs", "fuse.s3fs", "fuse.gcsfuse", "fuse.juicefs", "fuse.glusterfs", "fuse.cephfs", "fuse.lustre"}
+)  # fmt: skip
+
+
+def filesystem_type(path: Path, mounts: str | None = None) -> str:
+    """The type of the filesystem ``path`` is on (the longest mount point above it in /proc/mounts), or ''."""
+    try:
+        table = mounts if mounts is not None else Path("/proc/mounts").read_text(encoding="utf-8")
+    except OSError:
+        return ""
+    target = str(Path(path).resolve())
+    best, kind = "", ""
+    for line in table.splitlines():
+        parts = line.split()
+        if len(parts) < 3:
+            continue
+        point = parts[1].replace("\\040", " ")
+        if (target == point or target.startswith(point.rstrip("/") + "/")) and len(point) > len(best):
+            best, kind = point, parts[2]
+    return kind
+
+
+class FileLLMCache:
+    """The answers as one small JSON file each (``<dir>/<key[:2]>/<key>.json``), written by atomic rename: safe on a
+    network filesystem and between machines, where SQLite's locking is not. Same interface as :class:`LLMCache`."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+
+    def _file(self, key: str) -> Path:
+        return self.path / key[:2] / f"{key}.json"
+
+    def entry(self, key: str) -> tuple[str, int, int] | None:
+        try:
+            raw = json.loads(self._file(key).read_text(encoding="utf-8"))
+            return str(raw["response"]), int(raw.get("tokens_in", 0)), int(raw.get("tokens_out", 0))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError):
+            return None  # a damaged file is a miss: the answer is asked again and the file rewritten
+
+    def get(self, key: str) -> str | None:
+        found = self.entry(key)
+        return None if found is None else found[0]
+
+    def put(self, key: str, role: str, model: str, response: str, tokens_in: int = 0, tokens_out: int = 0) -> None:
+        target = self._file(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        record = {"role": role, "model": model, "response": response, "tokens_in": int(tokens_in or 0),
+                  "tokens_out": int(tokens_out or 0), "created_at": time.time()}  # fmt: skip
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        tmp.write_text(json.dumps(record, ensure_ascii=False), encoding="utf-8")
+        os.replace(tmp, target)
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and self.entry(key) is not None
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self.path.glob("*/*.json"))
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> FileLLMCache:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"FileLLMCache({str(self.path)!r})"
+
+
+def open_llm_cache(path: Path, backend: str = "auto", logger: logging.Logger | None = None) -> LLMCache | FileLLMCache:
+    """The answer cache at ``path`` (``llm_cache.sqlite``): SQLite, or, on a network filesystem (``auto``) or with
+    ``backend="files"``, a folder of files beside it (``llm_cache/``)."""
+    if backend not in ("auto", "sqlite", "files"):
+        raise ValueError(f"Unknown LLM cache backend {backend!r}: use 'auto', 'sqlite' or 'files'.")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    kind = filesystem_type(path.parent) if backend == "auto" else ""
+    if backend == "files" or kind in NETWORK_FILESYSTEMS:
+        if kind and logger:
+            logger.info("LLM answer cache: %s is on %s, a network filesystem: one file per answer", path.parent, kind)
+        return FileLLMCache(path.with_suffix(""))
+    return LLMCache(path)

@@ -43,8 +43,9 @@ Calls per document: ``ceil(chunks / section_chunks)`` QA calls (twice that with 
 ``ceil(pairs / judge_batch_pairs)`` judge calls; with the defaults (12 chunks, 192 pairs) a document of up to 12
 chunks costs 2 calls where asking per chunk cost 3 per chunk.
 
-Every LLM answer goes through :class:`~.client.LLMClient` with a :class:`~.cache.LLMCache` at ``cache_path``: an
-unchanged corpus costs zero requests, a new document costs requests for its own sections and judge batches only,
+Every LLM answer goes through :class:`~.client.LLMClient` with an answer cache at ``cache_path``
+(:func:`~.cache.open_llm_cache`; files instead of SQLite on a network filesystem): an unchanged corpus costs zero
+requests, a new document costs requests for its own sections and judge batches only,
 and a killed run resumes without repeating finished calls. Units run on ``max_parallel_requests`` threads; a unit
 whose call fails for good (:class:`~.client.LLMCallError`) is counted by reason and skipped, the others are kept.
 """
@@ -67,7 +68,7 @@ from pydantic import BaseModel, Field
 from embed_pipeline.core.progress import Progress
 from embed_pipeline.core.records import Chunk, QAPair
 from embed_pipeline.stages.sdg.llm.bundling import make_sections, make_units, unit_key
-from embed_pipeline.stages.sdg.llm.cache import LLMCache
+from embed_pipeline.stages.sdg.llm.cache import open_llm_cache
 from embed_pipeline.stages.sdg.llm.client import CallStats, LLMCallError, LLMClient
 from embed_pipeline.stages.sdg.llm.config import LLMEndpointConfig, LLMGeneratorConfig
 from embed_pipeline.stages.sdg.llm.prompts import artifact_messages, is_standalone, judge_messages, qa_messages
@@ -450,6 +451,7 @@ def generate_llm(
     logger: logging.Logger | None = None,
     encoder: Encoder | None = None,
     embedding_cache: EmbeddingCache | None = None,
+    cache_backend: str = "auto",
 ) -> LLMGenerationResult:
     """Synthetic question-answer pairs for ``chunks`` from an OpenAI-compatible LLM (see the module docstring).
 
@@ -489,7 +491,7 @@ def generate_llm(
         model,
         cache_path,
     )
-    with LLMCache(cache_path) as cache:
+    with open_llm_cache(cache_path, cache_backend, log) as cache:
         client = LLMClient(endpoint, cache, log, max_parse_attempts=config.max_parse_attempts)
         workers = endpoint.max_parallel_requests
 
