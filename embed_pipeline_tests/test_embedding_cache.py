@@ -149,3 +149,12 @@ def test_a_model_whose_files_are_not_here_runs_without_the_cache(tiny_model_dir:
         encoder.use_cache(EmbeddingCache(tmp_path / "cache.sqlite"))
     assert encoder.cache is None and "embedding cache off" in caplog.text
     assert encoder.encode(TEXTS, "passage").shape[0] == len(TEXTS)
+
+
+def test_on_a_network_filesystem_the_embedding_cache_is_off(tmp_path: Path, monkeypatch, caplog):
+    from embed_pipeline.core import embedding_cache
+
+    monkeypatch.setattr(embedding_cache, "on_network_filesystem", lambda path: "nfs4")
+    with caplog.at_level("WARNING"):
+        assert EmbeddingCache.open(tmp_path / "cache.sqlite") is None
+    assert "nfs4, a network filesystem" in caplog.text and not (tmp_path / "cache.sqlite").exists()

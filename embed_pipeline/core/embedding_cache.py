@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from embed_pipeline.core.filesystems import on_network_filesystem
 from embed_pipeline.core.reuse import file_sha256
 
 _log = logging.getLogger("embed_pipeline.embedding_cache")
@@ -118,6 +119,15 @@ class EmbeddingCache:
         if not path:
             return None
         path = Path(path)
+        network = on_network_filesystem(path.parent)
+        if network:
+            _log.warning(
+                "The embedding cache %s would be on %s, a network filesystem, where SQLite is not safe between "
+                "machines: running without it (vectors are computed, not reused).",
+                path,
+                network,
+            )
+            return None
         try:
             return cls(path)
         except sqlite3.DatabaseError as exc:

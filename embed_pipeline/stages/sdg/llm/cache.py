@@ -20,6 +20,8 @@ import threading
 import time
 from pathlib import Path
 
+from embed_pipeline.core.filesystems import NETWORK_FILESYSTEMS, filesystem_type
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS answers (
     key TEXT PRIMARY KEY,
@@ -104,32 +106,6 @@ class LLMCache:
 
     def __repr__(self) -> str:
         return f"LLMCache({str(self.path)!r})"
-
-
-# Filesystems where SQLite's locking (and WAL's shared memory) cannot be trusted: a Kubernetes ReadWriteMany volume
-# is usually one of these (NFS, EFS, CephFS, Azure Files, GCS/S3 FUSE mounts).
-NETWORK_FILESYSTEMS = frozenset(
-    {"nfs", "nfs4", "cifs", "smb3", "smbfs", "ceph", "glusterfs", "lustre", "gpfs", "beegfs", "9p", "afs",
-     "fuse.sshfs", "fuse.s3fs", "fuse.gcsfuse", "fuse.juicefs", "fuse.glusterfs", "fuse.cephfs", "fuse.lustre"}
-)  # fmt: skip
-
-
-def filesystem_type(path: Path, mounts: str | None = None) -> str:
-    """The type of the filesystem ``path`` is on (the longest mount point above it in /proc/mounts), or ''."""
-    try:
-        table = mounts if mounts is not None else Path("/proc/mounts").read_text(encoding="utf-8")
-    except OSError:
-        return ""
-    target = str(Path(path).resolve())
-    best, kind = "", ""
-    for line in table.splitlines():
-        parts = line.split()
-        if len(parts) < 3:
-            continue
-        point = parts[1].replace("\\040", " ")
-        if (target == point or target.startswith(point.rstrip("/") + "/")) and len(point) > len(best):
-            best, kind = point, parts[2]
-    return kind
 
 
 class FileLLMCache:
