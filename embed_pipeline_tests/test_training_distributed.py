@@ -10,7 +10,8 @@ import torch
 from embed_pipeline.core.encoder import Encoder
 from embed_pipeline.stages.training import TrainResult, finetune, finetune_torchrun, shard_bounds
 from embed_pipeline.stages.training.distributed import Dist
-from embed_pipeline.stages.training.launch import torchrun_command
+from embed_pipeline.stages.training.launch import node_command_file, node_rank_from_env, rendezvous, torchrun_command
+from embed_pipeline.stages.training.node import node_argv
 from embed_pipeline_tests.test_training import (  # noqa: F401
     data_dir,
     enc_config,
@@ -58,6 +59,66 @@ def test_two_processes_match_one(
     for name, w in theirs.items():
         torch.testing.assert_close(ours[name], w, rtol=1e-4, atol=1e-5, msg=name)
     assert not (tmp_path / "double.train_state").exists()  # finished: the state folder is gone
+
+
+def test_two_nodes_of_one_process_match_one(
+    tiny_model_dir: Path,
+    data_dir: Path,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """Two "nodes" on localhost joined by torchrun's c10d rendezvous: node 0 is the asset's launch, node 1 the
+    command a cluster would start (``python -m embed_pipeline.stages.training.node OUT_DIR``, its rank from
+    NODE_RANK); they take the steps one process takes."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    model = without_dropout(tiny_model_dir, tmp_path / "base")
+    config = fast_config(num_epochs=2, eval_steps=2, checkpoint_steps=2)
+    train, val = data_dir / "train.jsonl", data_dir / "val.jsonl"
+    single = finetune(train, val, enc_config(model), config, tmp_path / "single")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    nodes = config.model_copy(update={"num_nodes": 2, "rdzv_endpoint": f"127.0.0.1:{port}", "rdzv_id": "two-nodes"})
+    env = {"OMP_NUM_THREADS": "1"}
+    out = tmp_path / "double"
+    node1 = subprocess.Popen(
+        [sys.executable, "-m", "embed_pipeline.stages.training.node", str(out), "--timeout-s", "120"],
+        env={**os.environ, **env, "NODE_RANK": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        double = finetune_torchrun(1, train, val, enc_config(model), nodes, out, env={**env, "NODE_RANK": "0"})
+    finally:
+        node_output, _ = node1.communicate(timeout=180)
+    assert node1.returncode == 0, node_output[-3000:]
+    assert double.history.world_size == 2 and double.steps == single.steps
+    assert [s.loss for s in double.history.steps] == pytest.approx([s.loss for s in single.history.steps], rel=1e-4)
+    ours, theirs = weights(double), weights(single)
+    for name, w in theirs.items():
+        torch.testing.assert_close(ours[name], w, rtol=1e-4, atol=1e-5, msg=name)
+    assert not node_command_file(out).exists()  # a later run's nodes cannot join this one
+
+
+def test_node_rank_and_rendezvous_come_from_the_environment(tmp_path: Path) -> None:
+    assert node_rank_from_env({}) == 0
+    assert node_rank_from_env({"JOB_COMPLETION_INDEX": "3"}) == 3 and node_rank_from_env({"SLURM_NODEID": "2"}) == 2
+    assert node_rank_from_env({"NODE_RANK": "1", "JOB_COMPLETION_INDEX": "5"}) == 1
+    with pytest.raises(ValueError, match="not a node rank"):
+        node_rank_from_env({"NODE_RANK": "x"})
+    two = fast_config(num_epochs=1).model_copy(update={"num_nodes": 2})
+    assert rendezvous(two, {"MASTER_ADDR": "head", "MASTER_PORT": "1234", "SLURM_JOB_ID": "77"}) == ("head:1234", "77")
+    assert rendezvous(two, {"EMBED_RDZV_ENDPOINT": "n0:29400"}) == ("n0:29400", "embed")
+    with pytest.raises(ValueError, match="rdzv_endpoint"):
+        rendezvous(two, {})
+    cmd = torchrun_command(2, tmp_path / "c.json", tmp_path / "t.jsonl", None, tmp_path / "o", tmp_path / "r", True,
+                           num_nodes=2, rdzv=("n0:29400", "job"), node_rank=1)  # fmt: skip
+    assert "--standalone" not in cmd and cmd[cmd.index("--rdzv_backend") + 1] == "c10d"
+    assert cmd[cmd.index("--nnodes") + 1] == "2" and cmd[cmd.index("--node_rank") + 1] == "1"
+    with pytest.raises(TimeoutError, match="No node command"):
+        node_argv(tmp_path / "nothing", timeout_s=0.05, poll_s=0.01)
 
 
 def test_torchrun_failure_reports_the_processes_output(

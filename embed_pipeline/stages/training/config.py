@@ -189,6 +189,21 @@ class TrainingConfig(BaseModel):
         "step's batch is split among them and the gradients summed, so the steps are those of one process. 1: train "
         "in this process.",
     )
+    num_nodes: int = Field(
+        1,
+        ge=1,
+        description="Machines in the data-parallel group, each running num_processes processes, joined by torchrun's "
+        "c10d rendezvous at rdzv_endpoint. The asset's machine is one node; the cluster starts the others with the "
+        "same command (a Kubernetes indexed Job, Slurm): `python -m embed_pipeline.stages.training.node OUT_DIR`.",
+    )
+    rdzv_endpoint: str | None = Field(
+        None,
+        description="host:port of the rendezvous when num_nodes > 1; None: EMBED_RDZV_ENDPOINT, else "
+        "MASTER_ADDR:MASTER_PORT from the environment.",
+    )
+    rdzv_id: str | None = Field(
+        None, description="The rendezvous id all nodes share; None: EMBED_RDZV_ID, else SLURM_JOB_ID, else 'embed'."
+    )
     log_every_s: float = Field(5.0, gt=0, description="Seconds between progress log lines.")
     reuse_unchanged: bool = Field(
         True,

@@ -34,7 +34,9 @@ STATE_FILE = "state.pt"
 STATE_FORMAT = 3  # bump when the saved state's layout changes: older states are then not resumed
 FINGERPRINT_FILE = "fingerprint.json"
 # Fields that do not change the optimisation: a saved state stays resumable when only these differ.
-NOT_FINGERPRINTED = {"log_every_s", "checkpoint_steps", "num_processes", "reuse_unchanged"}
+NOT_FINGERPRINTED = {
+    "log_every_s", "checkpoint_steps", "num_processes", "reuse_unchanged", "num_nodes", "rdzv_endpoint", "rdzv_id",
+}  # fmt: skip
 
 
 @dataclass
