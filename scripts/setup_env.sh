@@ -10,7 +10,8 @@ fi
 quiet_pip() { .venv/bin/python -m pip "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2); }
 quiet_pip install -q --upgrade pip
 quiet_pip install -q "torch==2.13.0"
-quiet_pip install -q -e ".[dev]"
+# The k8s extra (dagster-k8s, the kubernetes client; no torch, no CUDA) so that the k8s-mode tests run too.
+quiet_pip install -q -e ".[dev,k8s]"
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 export DAGSTER_HOME="${DAGSTER_HOME:-$PWD/.dagster}"
 mkdir -p "$DAGSTER_HOME"

@@ -65,12 +65,15 @@ class Settings(BaseSettings):
         "unset: NIM_MODEL_PATH for Nemotron images, else NIM_CUSTOM_MODEL.",
     )
     # Where the GPU-bound steps run (defs/compute.py, ComputeTarget). The Launchpad's resource config overrides these.
-    compute_mode: Literal["in_process", "docker"] = Field(
+    compute_mode: Literal["in_process", "docker", "k8s"] = Field(
         "in_process",
-        description="Where mining, training, evaluation and export run: 'in_process' (this Python process) or "
-        "'docker' (an NVIDIA container of compute_image per step, through Dagster Pipes).",
+        description="Where mining, training, evaluation and export run: 'in_process' (this Python process), "
+        "'docker' (an NVIDIA container of compute_image per step, through Dagster Pipes) or 'k8s' (a Kubernetes pod "
+        "of compute_image per step, through Dagster Pipes; needs the k8s extra and the EMBED_K8S_* settings).",
     )
-    compute_image: str = Field("embed-pipeline:latest", description="Image for compute_mode 'docker' (Dockerfile).")
+    compute_image: str = Field(
+        "embed-pipeline:latest", description="Image for compute_mode 'docker' or 'k8s' (the project's Dockerfile)."
+    )
     compute_gpus: str = Field(
         "all", description="GPUs per container: 'all', a count ('2'), 'device=0,1' (ids or UUIDs) or 'none'."
     )
@@ -81,6 +84,47 @@ class Settings(BaseSettings):
     )
     compute_network: str | None = Field(None, description="Docker network of the containers (None: Docker's default).")
     compute_shm_size: str = Field("8g", description="Shared memory per container (PyTorch data loading, NCCL).")
+    # compute_mode 'k8s' (defs/compute.py: ComputeTarget's k8s_* fields; secrets only as references to Secrets).
+    k8s_namespace: str | None = Field(
+        None,
+        description="Namespace of the GPU pods (None: in a cluster, Dagster's own; else the k8s_kubeconfig context's; "
+        "else default).",
+    )
+    k8s_volume_claim: str | None = Field(
+        None,
+        description="ReadWriteMany PersistentVolumeClaim holding the artifacts folder, mounted in every GPU pod at "
+        "k8s_mount_path (required in k8s mode).",
+    )
+    k8s_mount_path: str | None = Field(
+        None,
+        description="Where the claim is mounted, in this process and in the pods alike (None: the artifacts folder), "
+        "so that artifact paths mean the same in the pod.",
+    )
+    k8s_gpus: int = Field(1, ge=0, description="GPUs per pod: the nvidia.com/gpu limit (0: none).")
+    k8s_gpu_resource: str = Field(
+        "nvidia.com/gpu", description="Extended resource the GPUs are counted in (e.g. a MIG profile's)."
+    )
+    k8s_node_selector: str = Field(
+        "", description="Node selector of the GPU pods, comma-separated key=value (e.g. nvidia.com/gpu.present=true)."
+    )
+    k8s_tolerations: str = Field(
+        "",
+        description="Taints the GPU pods tolerate, comma-separated as kubectl taint writes them: key=value:Effect, "
+        "or key:Effect for any value (e.g. nvidia.com/gpu:NoSchedule).",
+    )
+    k8s_service_account: str | None = Field(None, description="Service account of the GPU pods (None: default).")
+    k8s_image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = Field(
+        "IfNotPresent", description="Image pull policy of the GPU pods."
+    )
+    k8s_secret_env: str = Field(
+        "",
+        description="Environment variables the pods read from Kubernetes Secrets, comma-separated NAME=secret:key "
+        "(e.g. HF_TOKEN=hf-token:token). Only the reference is in the pod spec, never a value.",
+    )
+    k8s_kubeconfig: str | None = Field(
+        None, description="Kubeconfig file (None: in-cluster config when running in a pod, else ~/.kube/config)."
+    )
+    k8s_context: str | None = Field(None, description="Kubeconfig context (None: the current one).")
     embedding_cache: bool = Field(
         True,
         description="Keep the vectors mining, evaluation and the parity check compute, per corpus, so a refresh "

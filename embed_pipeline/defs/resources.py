@@ -134,6 +134,19 @@ def _shared_volumes(settings: Settings, corpora_dir: str, artifacts_dir: str) ->
     return list(dict.fromkeys(folders))
 
 
+def _pairs(text: str, what: str) -> dict[str, str]:
+    """'a=b, c=d' as {a: b, c: d} (EMBED_K8S_NODE_SELECTOR, EMBED_K8S_SECRET_ENV)."""
+    out: dict[str, str] = {}
+    for item in (i.strip() for i in text.split(",")):
+        if not item:
+            continue
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"{what}: {item!r} is not key=value (comma-separated pairs).")
+        out[key.strip()] = value.strip()
+    return out
+
+
 def build_resources(settings: Settings) -> dict[str, dg.ConfigurableResource]:
     corpora_dir = str(settings.corpora_dir.expanduser().resolve())
     artifacts_dir = str(settings.artifacts_dir.expanduser().resolve())
@@ -156,5 +169,19 @@ def build_resources(settings: Settings) -> dict[str, dg.ConfigurableResource]:
             shared_volumes=_shared_volumes(settings, corpora_dir, artifacts_dir),
             network=settings.compute_network,
             shm_size=settings.compute_shm_size,
+            k8s_namespace=settings.k8s_namespace,
+            k8s_volume_claim=settings.k8s_volume_claim,
+            k8s_mount_path=str(Path(settings.k8s_mount_path).expanduser().resolve())
+            if settings.k8s_mount_path
+            else artifacts_dir,
+            k8s_gpus=settings.k8s_gpus,
+            k8s_gpu_resource=settings.k8s_gpu_resource,
+            k8s_node_selector=_pairs(settings.k8s_node_selector, "EMBED_K8S_NODE_SELECTOR"),
+            k8s_tolerations=[t.strip() for t in settings.k8s_tolerations.split(",") if t.strip()],
+            k8s_service_account=settings.k8s_service_account,
+            k8s_image_pull_policy=settings.k8s_image_pull_policy,
+            k8s_secret_env=_pairs(settings.k8s_secret_env, "EMBED_K8S_SECRET_ENV"),
+            k8s_kubeconfig=settings.k8s_kubeconfig,
+            k8s_context=settings.k8s_context,
         ),
     }
