@@ -22,11 +22,11 @@ COPY pyproject.toml README.md ./
 COPY embed_pipeline ./embed_pipeline
 # 1. Constrain torch and its companions to the base image's own builds (CUDA, matched to the image's libraries), so
 #    resolving `torch>=2.4` can never swap them for PyPI wheels.
-# 2. Install the project with the gpu extra.
+# 2. Install the project with the gpu extra (and k8s: the same image runs as the GPU step pods and the run pods).
 # 3. faiss-cpu / onnxruntime (core dependencies) and faiss-gpu-cu12 / onnxruntime-gpu (gpu extra) install the same
 #    Python modules, and the last one unpacked wins: remove the CPU builds and reinstall the GPU ones over them.
 RUN pip list --format=freeze | grep -iE '^(torch|torchvision|torchaudio|triton|pytorch-triton)==' > /tmp/base.txt \
- && pip install --no-cache-dir -c /tmp/base.txt ".[gpu,lora]" \
+ && pip install --no-cache-dir -c /tmp/base.txt ".[gpu,lora,k8s]" \
  && pip list --format=freeze | grep -iE '^(faiss-gpu-cu12|onnxruntime-gpu)==' > /tmp/gpu.txt \
  && pip uninstall -y faiss-cpu onnxruntime \
  && pip install --no-cache-dir --no-deps --force-reinstall -r /tmp/gpu.txt \

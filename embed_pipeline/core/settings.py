@@ -125,6 +125,11 @@ class Settings(BaseSettings):
         None, description="Kubeconfig file (None: in-cluster config when running in a pod, else ~/.kube/config)."
     )
     k8s_context: str | None = Field(None, description="Kubeconfig context (None: the current one).")
+    llm_cache_backend: Literal["auto", "sqlite", "files"] = Field(
+        "auto",
+        description="The LLM answer cache: 'sqlite' (one file, WAL), 'files' (one file per answer, safe on a network "
+        "filesystem shared between machines), 'auto': files on NFS-like filesystems (from /proc/mounts), else sqlite.",
+    )
     embedding_cache: bool = Field(
         True,
         description="Keep the vectors mining, evaluation and the parity check compute, per corpus, so a refresh "

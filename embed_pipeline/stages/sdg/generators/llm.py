@@ -22,7 +22,7 @@ def _generate(inputs: GeneratorInputs, sections: dict[str, BaseModel], log: logg
     vectors = EmbeddingCache.open(inputs.embedding_cache)
     result = generate_llm(
         inputs.chunks, sections["llm"], endpoint, inputs.encoder, cache_path=inputs.work_dir / CACHE_FILE, logger=log,
-        embedding_cache=vectors,
+        embedding_cache=vectors, cache_backend=get_settings().llm_cache_backend,
     )  # fmt: skip
     stats = result.stats
     docs, chunks = max(1, result.documents), max(1, result.chunks)
