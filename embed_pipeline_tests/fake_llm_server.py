@@ -11,6 +11,11 @@ takes two parameters, ``responder(request_json, headers) -> Reply``. ``Reply.con
 ``chat.completion`` body with usage tokens; ``Reply.body`` (a dict or a string) is sent as is; ``Reply.delay_s``
 sleeps before answering (a client that timed out and hung up is tolerated). ``reject_json_schema=True`` answers 400
 to any request whose ``response_format.type`` is ``json_schema``, like a server without guided decoding.
+
+Concurrency: one thread per connection and a listen backlog of :data:`LISTEN_BACKLOG`, so a client with many requests
+in flight (``max_parallel_requests`` up to a few hundred) is never held back by the server: socketserver's default
+backlog of 5 made the kernel drop connection attempts beyond it (a 1-3 s SYN retry, or a connection error) once more
+than a handful of requests started at once. No lock is held while a responder runs or a reply waits its ``delay_s``.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 REJECT_MESSAGE = "response_format json_schema is not supported"
+LISTEN_BACKLOG = 1024  # pending connections the kernel queues before accept() (socketserver's default is 5)
 
 
 @dataclass
@@ -93,6 +99,11 @@ def _default_responder(request_json: dict) -> Reply:
     return reply_json({"ok": True})
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = LISTEN_BACKLOG  # read by listen() in server_activate()
+
+
 class FakeLLMServer:
     """ThreadingHTTPServer on 127.0.0.1 (free port) serving ``POST /v1/chat/completions`` from a responder."""
 
@@ -109,7 +120,7 @@ class FakeLLMServer:
         self.requests: list[RecordedRequest] = []
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
-        self._httpd: ThreadingHTTPServer | None = None
+        self._httpd: _Server | None = None
         self._thread: threading.Thread | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------------------------
@@ -126,8 +137,7 @@ class FakeLLMServer:
             def do_GET(self) -> None:  # noqa: N802
                 server._send(self, 404, {"error": {"message": "not found"}}, {})
 
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._httpd.daemon_threads = True
+        self._httpd = _Server(("127.0.0.1", 0), Handler)
         self._thread = threading.Thread(
             target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, name="fake-llm-server", daemon=True
         )

@@ -23,6 +23,7 @@ and returns a validated instance of a pydantic model:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -136,6 +137,19 @@ def redact(text: str, secret: str | None) -> str:
     return text.replace(secret, "***")
 
 
+@functools.lru_cache(maxsize=256)
+def _schema_text(response_model: type[BaseModel]) -> str:
+    """The model's JSON schema as JSON text, built once per model: pydantic builds it anew on every call (a few ms
+    for the QA schema, twice per request), which with tens of requests in flight kept the client's one core busy
+    and fewer requests in flight than asked for."""
+    return json.dumps(response_model.model_json_schema(), default=str)
+
+
+def _schema(response_model: type[BaseModel]) -> dict[str, Any]:
+    """A fresh copy of the model's JSON schema (the caller may change it; the cached text stays as built)."""
+    return json.loads(_schema_text(response_model))
+
+
 def _schema_name(model: type[BaseModel]) -> str:
     return (re.sub(r"[^A-Za-z0-9_-]", "_", model.__name__) or "response")[:64]
 
@@ -194,7 +208,7 @@ class LLMClient:
             "temperature": self.config.temperature,
             "top_p": self.config.top_p,
             "max_tokens": self.config.max_tokens,
-            "schema": response_model.model_json_schema(),
+            "schema": _schema(response_model),
         }
         canonical = json.dumps(payload, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str)
         return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
@@ -321,14 +335,14 @@ class LLMClient:
                 "type": "json_schema",
                 "json_schema": {
                     "name": _schema_name(response_model),
-                    "schema": response_model.model_json_schema(),
+                    "schema": _schema(response_model),
                     "strict": False,
                 },
             }
             return msgs + extra, schema
         instruction = (
             "Answer with JSON only: a single JSON object that validates against this JSON schema, with no prose "
-            "and no code fences.\nJSON schema:\n" + json.dumps(response_model.model_json_schema(), ensure_ascii=False)
+            "and no code fences.\nJSON schema:\n" + json.dumps(_schema(response_model), ensure_ascii=False)
         )
         for m in msgs:
             if m.get("role") == "system":
