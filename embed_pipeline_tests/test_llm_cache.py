@@ -59,7 +59,8 @@ def test_concurrent_puts_and_gets(tmp_path):
 
 def test_on_a_network_filesystem_the_answers_are_files(tmp_path):
     """SQLite's locking cannot be trusted on NFS (a cluster's shared volume): there, one file per answer."""
-    from embed_pipeline.stages.sdg.llm.cache import FileLLMCache, filesystem_type, open_llm_cache
+    from embed_pipeline.core.filesystems import filesystem_type
+    from embed_pipeline.stages.sdg.llm.cache import FileLLMCache, open_llm_cache
 
     mounts = f"server:/export {tmp_path} nfs4 rw,relatime 0 0\n/dev/sda1 / ext4 rw 0 0\n"
     assert filesystem_type(tmp_path / "corpus" / "qa_pairs", mounts) == "nfs4"

@@ -188,3 +188,27 @@ def test_same_document_negatives_can_be_excluded_and_documents_are_recorded(corp
     assert row.positive_doc_id == "d2" and row.negative_doc_ids == [n.split("_")[0] for n in row.negative_ids]
     [row] = mine_hard_negatives({"train": [pair]}, corpus, set(), encoder, MiningConfig(**keep_all)).examples["train"]
     assert "d2" not in row.negative_doc_ids and len(row.negative_ids) == len(corpus) - 3  # the default excludes them
+
+
+def test_a_failure_while_rows_stream_leaves_no_marker(corpus, tiny_model_dir: Path, tmp_path: Path):
+    """train.jsonl marks the folder complete: a run that dies mid-stream must not leave an earlier run's marker and
+    manifest beside its own new val rows."""
+    from embed_pipeline.stages.mining import TrainingExamples
+
+    encoder = Encoder(EncoderConfig(model=str(tiny_model_dir)))
+    q = QAPair(query_id="q", query="sqlite", positive_chunk_ids=["d0_0000"], doc_ids=["d0"], query_type="keyword",
+               quality_score=9, generator="t")  # fmt: skip
+    result = mine_hard_negatives({"train": [q], "val": [q]}, corpus, set(), encoder, MiningConfig())
+    manifest = write_training_examples(result, tmp_path)
+    short = manifest["splits"]["train"]["rows_short_of_negatives"]
+    assert manifest["splits"]["train"]["rows"] == 1 and short == result.rows_short_of_negatives["train"]
+    out = TrainingExamples(dir=tmp_path)
+    assert out.exists()
+
+    def dying():
+        yield result.examples["train"][0]
+        raise RuntimeError("killed mid-stream")
+
+    with pytest.raises(RuntimeError, match="mid-stream"):
+        write_training_examples({"train": dying(), "val": iter(result.examples["val"])}, tmp_path, 5)
+    assert not out.train_path.exists() and not out.file(TrainingExamples.MANIFEST).exists()

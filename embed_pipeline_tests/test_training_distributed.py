@@ -102,7 +102,7 @@ def test_two_nodes_of_one_process_match_one(
     assert not node_command_file(out).exists()  # a later run's nodes cannot join this one
 
 
-def test_node_rank_and_rendezvous_come_from_the_environment(tmp_path: Path) -> None:
+def test_node_rank_and_rendezvous_come_from_the_environment(tmp_path: Path, monkeypatch) -> None:
     assert node_rank_from_env({}) == 0
     assert node_rank_from_env({"JOB_COMPLETION_INDEX": "3"}) == 3 and node_rank_from_env({"SLURM_NODEID": "2"}) == 2
     assert node_rank_from_env({"NODE_RANK": "1", "JOB_COMPLETION_INDEX": "5"}) == 1
@@ -110,7 +110,9 @@ def test_node_rank_and_rendezvous_come_from_the_environment(tmp_path: Path) -> N
         node_rank_from_env({"NODE_RANK": "x"})
     two = fast_config(num_epochs=1).model_copy(update={"num_nodes": 2})
     assert rendezvous(two, {"MASTER_ADDR": "head", "MASTER_PORT": "1234", "SLURM_JOB_ID": "77"}) == ("head:1234", "77")
-    assert rendezvous(two, {"EMBED_RDZV_ENDPOINT": "n0:29400"}) == ("n0:29400", "embed")
+    endpoint, first_id = rendezvous(two, {"EMBED_RDZV_ENDPOINT": "n0:29400"})
+    assert endpoint == "n0:29400" and first_id.startswith("embed-")
+    assert rendezvous(two, {"EMBED_RDZV_ENDPOINT": "n0:29400"})[1] != first_id  # a new id per launch
     with pytest.raises(ValueError, match="rdzv_endpoint"):
         rendezvous(two, {})
     cmd = torchrun_command(2, tmp_path / "c.json", tmp_path / "t.jsonl", None, tmp_path / "o", tmp_path / "r", True,
@@ -119,6 +121,21 @@ def test_node_rank_and_rendezvous_come_from_the_environment(tmp_path: Path) -> N
     assert cmd[cmd.index("--nnodes") + 1] == "2" and cmd[cmd.index("--node_rank") + 1] == "1"
     with pytest.raises(TimeoutError, match="No node command"):
         node_argv(tmp_path / "nothing", timeout_s=0.05, poll_s=0.01)
+    # a command file left by a killed launch (its config folder is gone) is not joined
+    from embed_pipeline.core.artifacts import write_json
+
+    out = tmp_path / "model"
+    write_json(node_command_file(out), {"argv": cmd[1:], "node_rank_flag": "--node_rank"})
+    with pytest.raises(TimeoutError, match="stale"):
+        node_argv(out, timeout_s=0.05, poll_s=0.01)
+    (tmp_path / "c.json").write_text("{}")
+    monkeypatch.setenv("NODE_RANK", "2")
+    monkeypatch.setenv("EMBED_RDZV_IS_HOST", "1")
+    argv = node_argv(out, timeout_s=1)
+    assert argv[argv.index("--node_rank") + 1] == "2"
+    assert argv[argv.index("torch.distributed.run") + 1 : argv.index("torch.distributed.run") + 3] == [
+        "--rdzv_conf", "is_host=true"
+    ]  # fmt: skip
 
 
 def test_torchrun_failure_reports_the_processes_output(

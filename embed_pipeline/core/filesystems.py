@@ -32,6 +32,7 @@ def filesystem_type(path: Path, mounts: str | None = None) -> str:
 
 
 def on_network_filesystem(path: Path) -> str:
-    """The network filesystem type ``path`` is on (e.g. 'nfs4'), or '' when it is local (or unknown)."""
+    """The network filesystem type ``path`` is on (e.g. 'nfs4'; any FUSE mount counts: most are remote), or '' when
+    it is local (or unknown)."""
     kind = filesystem_type(path)
-    return kind if kind in NETWORK_FILESYSTEMS else ""
+    return kind if kind in NETWORK_FILESYSTEMS or kind.startswith("fuse.") else ""

@@ -30,6 +30,7 @@ from pydantic import BaseModel, Field
 _log = logging.getLogger("embed_pipeline.vector_index")
 
 ADD_BLOCK = 65_536  # vectors added to an index per call (a block of a memmap is read, added, released)
+GPU_MAX_K = 2048  # faiss's GPU k-selection limit: deeper searches run on a CPU copy of the index
 
 
 class IndexConfig(BaseModel):
@@ -70,6 +71,15 @@ class VectorIndex:
 
     def __init__(self, index: faiss.Index, kind: str, device: str, nlist: int | None, nprobe: int | None) -> None:
         self.index, self.kind, self.device, self.nlist, self.nprobe = index, kind, device, nlist, nprobe
+        self._cpu: faiss.Index | None = None
+
+    def for_depth(self, k: int) -> faiss.Index:
+        """The index to search ``k`` deep: this one, or (GPU, k above faiss's GPU limit) a CPU copy made once."""
+        if self.device != "gpu" or k <= GPU_MAX_K:
+            return self.index
+        if self._cpu is None:
+            self._cpu = faiss.index_gpu_to_cpu(self.index)
+        return self._cpu
 
     @property
     def ntotal(self) -> int:
@@ -107,6 +117,7 @@ def build_index(vectors: np.ndarray, config: IndexConfig | None = None, logger: 
         sample = np.sort(rng.choice(n, size=min(n, 64 * nlist), replace=False))
         log.info(f"vector index: training IVF ({nlist} lists) on {len(sample)} of {n} vectors")
         index.train(np.ascontiguousarray(vectors[sample], dtype=np.float32))
+        index.nprobe = nprobe  # on the CPU index: a GPU copy keeps it (a GPU index has no ParameterSpace of its own)
     device = "cpu"
     if config.gpu == "auto" and gpu_available():
         resources = faiss.StandardGpuResources()
@@ -115,8 +126,6 @@ def build_index(vectors: np.ndarray, config: IndexConfig | None = None, logger: 
         device = "gpu"
     for block in _blocks(vectors):
         index.add(block)
-    if nprobe is not None:
-        faiss.ParameterSpace().set_index_parameter(index, "nprobe", nprobe)
     built = VectorIndex(index, kind, device, nlist, nprobe)
     (log.info if kind == "ivf" or n >= ADD_BLOCK else log.debug)(f"vector index: {built.describe()}")
     return built
@@ -130,7 +139,7 @@ def search_batches(
     k = min(k, index.ntotal)
     for start in range(0, queries.shape[0], batch_size):
         batch = np.ascontiguousarray(queries[start : start + batch_size], dtype=np.float32)
-        scores, ids = index.index.search(batch, k)
+        scores, ids = index.for_depth(k).search(batch, k)
         yield start, scores, ids
 
 

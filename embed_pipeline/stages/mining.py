@@ -141,9 +141,14 @@ class HardNegativeMiner:
             self.chunks_of_doc.setdefault(c.doc_id, []).append(c.chunk_id)
         self.num_excluded = len(chunks) - len(corpus)
         self.log.info(f"Mining over {len(corpus)} passages ({self.num_excluded} test passages excluded)")
-        self._tmp = tempfile.TemporaryDirectory(prefix="mining-", dir=work_dir)
-        self.vectors = self._encode_corpus(corpus, Path(self._tmp.name) / "corpus.f32")
-        self.index = build_index(self.vectors, config.index_config(), self.log)
+        # Local scratch (TMPDIR) by default: the vectors are read back at once, and must not cross a shared volume.
+        self._tmp = tempfile.TemporaryDirectory(prefix=".mining-", dir=work_dir)
+        try:
+            self.vectors = self._encode_corpus(corpus, Path(self._tmp.name) / "corpus.f32")
+            self.index = build_index(self.vectors, config.index_config(), self.log)
+        except BaseException:
+            self._tmp.cleanup()
+            raise
         self.depth = min(len(corpus), config.search_depth + config.hard_negatives_to_mine)
 
     def _encode_corpus(self, corpus: list[Chunk], path: Path) -> np.ndarray:
@@ -246,6 +251,7 @@ def mine_hard_negatives(
                 s: sum(len(r.negative_ids) < config.hard_negatives_to_mine for r in rows)
                 for s, rows in examples.items()
             },
+            wanted_negatives=config.hard_negatives_to_mine,
         )
 
 
@@ -345,6 +351,10 @@ def write_training_examples(
         corpus = (rows.num_mining_corpus, rows.num_excluded_test_chunks)
         rows, wanted_negatives = dict(rows.examples), rows.wanted_negatives
     out = TrainingExamples(dir=out_dir)
+    # An earlier run's marker and manifest go first: a failure while rows stream leaves an incomplete folder (no
+    # marker), never new val rows beside old train rows.
+    out.train_path.unlink(missing_ok=True)
+    out.file(TrainingExamples.MANIFEST).unlink(missing_ok=True)
     stats = {split: _SplitStats(wanted_negatives) for split in rows}
     write_jsonl(out.file(TrainingExamples.VAL), (stats["val"].add(r) for r in rows["val"]) if "val" in rows else [])
     with atomic_path(out.train_path) as staged, staged.open("w", encoding="utf-8") as fh:
@@ -405,7 +415,7 @@ def run_mining(inputs: MiningInputs, config: MiningConfig, log: logging.Logger) 
     # the rows, whose train.jsonl marks the folder complete.
     write_val_retrieval(pairs["val"], chunks, test_docs, inputs.out.dir)
     first: list[TrainingExample] = []
-    with HardNegativeMiner(chunks, test_docs, encoder, config, log, work_dir=inputs.out.dir.parent) as miner:
+    with HardNegativeMiner(chunks, test_docs, encoder, config, log) as miner:
         manifest = write_training_examples(
             {split: miner.rows(split, split_pairs) for split, split_pairs in pairs.items()},
             inputs.out.dir,

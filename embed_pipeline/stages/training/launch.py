@@ -7,11 +7,12 @@ The asset calls ``run_finetune``: one process runs in-process; more start ``torc
 and rank 0's ``TrainResult`` is read back from the file it writes.
 
 Several machines (``num_nodes`` > 1): torchrun's c10d rendezvous at ``rdzv_endpoint`` joins ``num_nodes`` x
-``num_processes`` processes into one group. The asset's machine runs node 0 (unless the environment names another
-rank); the cluster starts the other nodes with the same files on a shared volume and the same command, which
-:func:`torchrun_command` builds (a Kubernetes indexed Job gives each pod its ``JOB_COMPLETION_INDEX``, Slurm its
-``SLURM_NODEID``: :func:`node_rank_from_env`). The data is sharded over the global ranks, so the steps are those of
-one process, as on one machine.
+``num_processes`` processes into one group. The asset's machine is one node; the cluster starts the others with the
+same files on a shared volume and the same command, which :func:`torchrun_command` builds and node 0 leaves beside
+the output (``training/node.py`` runs it). c10d assigns the node ranks itself (``--node_rank``, from
+:func:`node_rank_from_env`, is informative), so global rank 0 may be on any node: it writes the model and the
+result file, both on the shared volume. The data is sharded over the global ranks, so the steps are those of one
+process, as on one machine.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import uuid
 from collections import deque
 from pathlib import Path
 
@@ -75,7 +77,10 @@ def rendezvous(config: TrainingConfig, env: dict[str, str] | None = None) -> tup
             f"num_nodes is {config.num_nodes}: set rdzv_endpoint (host:port of node 0, reachable from every node) in "
             "the finetuned_model config, or EMBED_RDZV_ENDPOINT (or MASTER_ADDR and MASTER_PORT) in the environment."
         )
-    return endpoint, config.rdzv_id or env.get("EMBED_RDZV_ID") or env.get("SLURM_JOB_ID") or "embed"
+    # A new id per launch by default: a node left over from an earlier run cannot join this one.
+    return endpoint, config.rdzv_id or env.get("EMBED_RDZV_ID") or env.get(
+        "SLURM_JOB_ID"
+    ) or f"embed-{uuid.uuid4().hex[:12]}"
 
 
 def node_command_file(out_dir: Path) -> Path:

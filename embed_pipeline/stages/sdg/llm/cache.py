@@ -20,7 +20,7 @@ import threading
 import time
 from pathlib import Path
 
-from embed_pipeline.core.filesystems import NETWORK_FILESYSTEMS, filesystem_type
+from embed_pipeline.core.filesystems import on_network_filesystem
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS answers (
@@ -167,8 +167,8 @@ def open_llm_cache(path: Path, backend: str = "auto", logger: logging.Logger | N
         raise ValueError(f"Unknown LLM cache backend {backend!r}: use 'auto', 'sqlite' or 'files'.")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    kind = filesystem_type(path.parent) if backend == "auto" else ""
-    if backend == "files" or kind in NETWORK_FILESYSTEMS:
+    kind = on_network_filesystem(path.parent) if backend == "auto" else ""
+    if backend == "files" or kind:
         if kind and logger:
             logger.info("LLM answer cache: %s is on %s, a network filesystem: one file per answer", path.parent, kind)
         return FileLLMCache(path.with_suffix(""))
