@@ -155,3 +155,30 @@ def test_a_half_of_a_split_judge_batch_that_fails_drops_only_its_own_pairs(tmp_p
     assert result.judge_batches_split >= 1 and result.failures.get("judge_failed", 0) >= 1
     assert 0 < len(result.pairs) < 18
     assert all(chunks[0].chunk_id not in p.positive_chunk_ids for p in result.pairs)
+
+
+def test_a_documents_judge_runs_while_other_documents_are_still_asked(tmp_path):
+    """The judge of a finished document does not wait for the QA of the whole corpus: while one document's QA answer
+    is slow, the others are judged; and the result is the one any schedule gives."""
+    import time
+
+    from embed_pipeline_tests.fake_llm import step_of as step
+
+    chunks = make_chunks(THREE_DOCS)
+
+    class SlowHeapq(FakeLLM):
+        def answer(self, request: dict):
+            if step(request) == "qa" and "heappush function" in request["messages"][1]["content"]:
+                time.sleep(1.0)
+            return super().answer(request)
+
+    with FakeLLMServer(SlowHeapq()) as server:
+        result = run(server, chunks, tmp_path / "c.sqlite", config=LLMGeneratorConfig(), max_parallel_requests=2)
+        requests = list(server.requests)
+    slow_qa = next(r for r in requests if step_of(r.json) == "qa" and "heappush function" in user_message(r.json))
+    judges = [r for r in requests if step_of(r.json) == "judge"]
+    early = [r for r in judges if r.received_at < slow_qa.received_at + 0.9]
+    assert len(judges) == 3 and len(early) == 2  # the other two documents, judged during the slow answer
+    with FakeLLMServer(FakeLLM()) as server:
+        one = run(server, chunks, tmp_path / "d.sqlite", config=LLMGeneratorConfig(), max_parallel_requests=1)
+    assert [p.model_dump() for p in one.pairs] == [p.model_dump() for p in result.pairs]
