@@ -25,11 +25,11 @@ chunks are shown to the LLM as ``[S1] text``, ``[S2] text``:
    Sections are kept small enough for their answer to fit the endpoint's ``max_tokens`` (at an estimated
    ``ANSWER_TOKENS_PER_PAIR``); an answer cut off at ``max_tokens`` anyway (``truncated``) is not asked again as
    is: the unit is split in two halves and each is asked on its own (``units_split``), down to single chunks.
-3. **Deduplication** within each document (after all units): questions are encoded with the base encoder (kind
-   ``query``) and a question whose cosine to an earlier kept question of the same document is at least
-   ``dedup_threshold`` is dropped (``dedup_removed``); earlier = unit order, then position in the LLM answer, so the
-   result does not depend on thread timing. Without an encoder (none given, no ``encoder_config``) only questions
-   identical after case and whitespace folding are duplicates.
+3. **Deduplication** within each document (as soon as its units are answered; with bundles, after all units):
+   questions are encoded with the base encoder (kind ``query``) and a question whose cosine to an earlier kept question
+   of the same document is at least ``dedup_threshold`` is dropped (``dedup_removed``); earlier = unit order, then
+   position in the LLM answer, so the result does not depend on thread timing. Without an encoder (none given, no
+   ``encoder_config``) only questions identical after case and whitespace folding are duplicates.
 4. **Judge** (:class:`~.schemas.JudgeResult`): the surviving pairs of one document (of one bundle, with bundles) are
    scored together, in batches of at most ``judge_batch_pairs``, 1-10 on relevance, accuracy, context support,
    clarity and overall; the batch shows the chunks its pairs cite, renumbered ``S1..Sm``. ``overall`` becomes
