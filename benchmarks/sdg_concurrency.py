@@ -49,15 +49,10 @@ QUICK_LEVELS = (1, 4, 16, 64)
 
 
 def _chunks(modules: int):
-    from embed_pipeline.stages.chunking import chunk_document
-    from embed_pipeline.stages.demo_corpus import DEMO_MODULES, build_stdlib_corpus
-    from embed_pipeline.stages.documents import DocumentsConfig, load_document
+    from embed_pipeline.stages.demo_corpus import DEMO_MODULES, stdlib_chunks
 
     folder = Path(tempfile.mkdtemp(prefix="sdg-concurrency-"))
-    chunks = []
-    for path in build_stdlib_corpus(folder, DEMO_MODULES[:modules]):
-        chunks += chunk_document(load_document(path.name, path, DocumentsConfig()))
-    return chunks, folder
+    return stdlib_chunks(folder, DEMO_MODULES[:modules]), folder
 
 
 def _serve(conn, delay_s: float) -> None:

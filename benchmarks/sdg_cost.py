@@ -46,15 +46,10 @@ RECIPE_PAIRS_PER_DOCUMENT = 7  # recipe stage0_sdg default.yaml: num_pairs per r
 
 
 def _chunks(modules: int):
-    from embed_pipeline.stages.chunking import chunk_document
-    from embed_pipeline.stages.demo_corpus import DEMO_MODULES, build_stdlib_corpus
-    from embed_pipeline.stages.documents import DocumentsConfig, load_document
+    from embed_pipeline.stages.demo_corpus import DEMO_MODULES, stdlib_chunks
 
     folder = Path(tempfile.mkdtemp(prefix="sdg-cost-"))
-    chunks = []
-    for path in build_stdlib_corpus(folder, DEMO_MODULES[:modules]):
-        chunks += chunk_document(load_document(path.name, path, DocumentsConfig()))
-    return chunks, folder
+    return stdlib_chunks(folder, DEMO_MODULES[:modules]), folder
 
 
 class _Capped:

@@ -132,6 +132,28 @@ def _logs(instance: dg.DagsterInstance, run_id: str) -> list[str]:
 # ------------------------------------------------------------------------------------------- docker, end to end
 
 
+def materialize_to_mining(
+    corpora: Path, artifacts: Path, model: Path, compute
+) -> tuple[dg.DagsterInstance, dg.ExecuteInProcessResult]:
+    """documents to training_examples for corpus 'tiny' (its one GPU step, mining, through ``compute``) on a new
+    ephemeral instance; asserts the run succeeded."""
+    instance = dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions("corpus", ["tiny"])
+    result = dg.materialize(
+        [documents, chunks, qa_pairs, qa_splits, training_examples],
+        partition_key="tiny",
+        instance=instance,
+        resources={
+            "storage": PipelineStorage(corpora_dir=str(corpora), artifacts_dir=str(artifacts)),
+            "base_encoder": BaseEncoder(model=str(model), query_max_length=64, passage_max_length=128),
+            "compute": compute,
+        },
+        run_config={"ops": {"qa_splits": {"config": {"quality_threshold": 0.0}}}},
+    )
+    assert result.success
+    return instance, result
+
+
 def test_docker_mode_runs_the_stages_in_gpu_containers_through_pipes(
     tmp_path: Path, sample_corpus: Path, tiny_model_dir: Path, fake_docker: FakeDocker, monkeypatch
 ):
@@ -143,20 +165,7 @@ def test_docker_mode_runs_the_stages_in_gpu_containers_through_pipes(
     compute = ComputeTarget(
         mode="docker", image="embed-pipeline:test", shared_volumes=[str(artifacts), str(corpora), str(tiny_model_dir)]
     )
-    instance = dg.DagsterInstance.ephemeral()
-    instance.add_dynamic_partitions("corpus", ["tiny"])
-    result = dg.materialize(
-        [documents, chunks, qa_pairs, qa_splits, training_examples],
-        partition_key="tiny",
-        instance=instance,
-        resources={
-            "storage": PipelineStorage(corpora_dir=str(corpora), artifacts_dir=str(artifacts)),
-            "base_encoder": BaseEncoder(model=str(tiny_model_dir), query_max_length=64, passage_max_length=128),
-            "compute": compute,
-        },
-        run_config={"ops": {"qa_splits": {"config": {"quality_threshold": 0.0}}}},
-    )
-    assert result.success
+    instance, result = materialize_to_mining(corpora, artifacts, tiny_model_dir, compute)
 
     # The GPU step ran in a container created as `docker run --gpus all -v A:A ... IMAGE python -m ...entry`;
     # the CPU steps before it ran here.

@@ -42,9 +42,6 @@ from kubernetes.client import (
 )
 
 from embed_pipeline.core.settings import get_settings
-from embed_pipeline.defs.assets.datasets import qa_splits, training_examples
-from embed_pipeline.defs.assets.ingest import chunks, documents
-from embed_pipeline.defs.assets.synthetic_data import qa_pairs
 from embed_pipeline.defs.compute import (
     ENTRY_COMMAND,
     GPU_POOL,
@@ -55,9 +52,10 @@ from embed_pipeline.defs.compute import (
     toleration,
 )
 from embed_pipeline.defs.container_logs import pod_log_reader, whole_lines
-from embed_pipeline.defs.resources import BaseEncoder, PipelineStorage, build_resources
+from embed_pipeline.defs.resources import build_resources
 from embed_pipeline.stages.container_entry import run_payload
 from embed_pipeline.stages.registry import get_stage
+from embed_pipeline_tests.test_containers import materialize_to_mining
 
 REPO = Path(__file__).resolve().parents[1]
 LOG_CHUNK = 7  # bytes per chunk of the pod's log stream: every message arrives cut, most timestamps too
@@ -284,20 +282,7 @@ def test_k8s_mode_runs_a_gpu_step_in_a_pod_through_pipes(
     model.parent.mkdir(parents=True)
     subprocess.run(["cp", "-r", str(tiny_model_dir), str(model)], check=True)
     compute = _compute(artifacts)
-    instance = dg.DagsterInstance.ephemeral()
-    instance.add_dynamic_partitions("corpus", ["tiny"])
-    result = dg.materialize(
-        [documents, chunks, qa_pairs, qa_splits, training_examples],
-        partition_key="tiny",
-        instance=instance,
-        resources={
-            "storage": PipelineStorage(corpora_dir=str(corpora), artifacts_dir=str(artifacts)),
-            "base_encoder": BaseEncoder(model=str(model), query_max_length=64, passage_max_length=128),
-            "compute": compute,
-        },
-        run_config={"ops": {"qa_splits": {"config": {"quality_threshold": 0.0}}}},
-    )
-    assert result.success
+    instance, result = materialize_to_mining(corpora, artifacts, model, compute)
 
     # One pod, for the one GPU step, created in the namespace with the spec the settings describe.
     [pod] = fake_k8s.pods

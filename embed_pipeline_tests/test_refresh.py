@@ -20,6 +20,15 @@ from embed_pipeline_tests.fake_llm_server import FakeLLMServer
 ASSETS = [documents, chunks, qa_pairs, qa_splits, eval_set, training_examples, finetuned_model]
 
 
+def _resources(corpora: Path, artifacts: Path, model: Path) -> dict:
+    """The resources of a refresh on CPU, in process, with the tiny test model."""
+    return {
+        "storage": PipelineStorage(corpora_dir=str(corpora), artifacts_dir=str(artifacts)),
+        "base_encoder": BaseEncoder(model=str(model), query_max_length=64, passage_max_length=64),
+        "compute": ComputeTarget(),
+    }
+
+
 def test_second_refresh_of_an_unchanged_corpus_makes_no_llm_call_and_does_not_retrain(
     tmp_path: Path, sample_corpus: Path, tiny_model_dir: Path, monkeypatch
 ):
@@ -53,11 +62,7 @@ def _refresh_twice(stack: ExitStack, tmp_path: Path, sample_corpus: Path, tiny_m
                 ASSETS,
                 partition_key=requests[0].partition_key,
                 instance=instance,
-                resources={
-                    "storage": PipelineStorage(corpora_dir=str(corpora), artifacts_dir=str(artifacts)),
-                    "base_encoder": BaseEncoder(model=str(tiny_model_dir), query_max_length=64, passage_max_length=64),
-                    "compute": ComputeTarget(),
-                },
+                resources=_resources(corpora, artifacts, tiny_model_dir),
                 run_config={
                     "ops": {
                         "qa_pairs": {
@@ -130,11 +135,7 @@ def test_a_refresh_with_a_new_document_keeps_the_frozen_set_and_the_history(
                 [*ASSETS, retrieval_metrics],
                 partition_key="docs",
                 instance=instance,
-                resources={
-                    "storage": PipelineStorage(corpora_dir=str(corpora), artifacts_dir=str(artifacts)),
-                    "base_encoder": BaseEncoder(model=str(tiny_model_dir), query_max_length=64, passage_max_length=64),
-                    "compute": ComputeTarget(),
-                },
+                resources=_resources(corpora, artifacts, tiny_model_dir),
                 run_config={
                     "ops": {
                         "qa_splits": {"config": {"quality_threshold": 0.0}},

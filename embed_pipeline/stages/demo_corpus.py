@@ -24,6 +24,7 @@ from pathlib import Path
 from types import ModuleType
 
 from embed_pipeline.core.artifacts import write_text
+from embed_pipeline.core.records import Chunk
 
 log = logging.getLogger("embed_pipeline.demo_corpus")
 
@@ -390,6 +391,18 @@ def build_stdlib_corpus(
         written.append(write_text(out_dir / f"{name}.md", text))
     log.info("Demo corpus: wrote %d documents to %s", len(written), out_dir)
     return written
+
+
+def stdlib_chunks(out_dir: Path, modules: list[str]) -> list[Chunk]:
+    """The corpus of ``modules`` written to ``out_dir`` and chunked as the pipeline chunks it (documents and
+    chunking defaults): the LLM benchmarks' input, without a Dagster run."""
+    from embed_pipeline.stages.chunking import chunk_document
+    from embed_pipeline.stages.documents import DocumentsConfig, load_document
+
+    chunks: list[Chunk] = []
+    for path in build_stdlib_corpus(out_dir, modules):
+        chunks += chunk_document(load_document(path.name, path, DocumentsConfig()))
+    return chunks
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -36,6 +36,19 @@ def interval_metadata(prefix: str, intervals: dict) -> dict[str, dg.MetadataValu
     return out
 
 
+def query_set_metadata(prefix: str, metrics) -> tuple[dict[str, float], dict[str, dg.MetadataValue | int]]:
+    """The numbers (``<prefix>base_<metric>``, ``<prefix>finetuned_<metric>``) and the table, intervals and query
+    count of one set of queries scored besides the synthetic test set (the frozen set, the real queries)."""
+    numbers = {f"{prefix}base_{k}": v for k, v in metrics.base.items()}
+    numbers |= {f"{prefix}finetuned_{k}": v for k, v in metrics.finetuned.items()}
+    shown = {
+        f"{prefix}metrics_table": dg.MetadataValue.md(metrics.table),
+        **interval_metadata(prefix, metrics.intervals),
+        f"{prefix}num_queries": metrics.num_queries,
+    }
+    return numbers, shown
+
+
 def _describe(step: StepContext, result: RetrievalMetricsResult) -> Described:
     encoder_rows = step.resources.base_encoder.settings_rows()
     numbers = {
@@ -54,15 +67,9 @@ def _describe(step: StepContext, result: RetrievalMetricsResult) -> Described:
     if result.slices:
         optional["metrics_by_query_kind"] = dg.MetadataValue.md(result.slice_table)
     if result.frozen is not None:
-        frozen = result.frozen
-        numbers |= {f"frozen_base_{k}": v for k, v in frozen.base.items()}
-        numbers |= {f"frozen_finetuned_{k}": v for k, v in frozen.finetuned.items()}
-        optional |= {
-            "frozen_metrics_table": dg.MetadataValue.md(frozen.table),
-            **interval_metadata("frozen_", frozen.intervals),
-            "frozen_num_queries": frozen.num_queries,
-            "frozen_since": result.frozen_since or "-",
-        }
+        more, shown = query_set_metadata("frozen_", result.frozen)
+        numbers |= more
+        optional |= {**shown, "frozen_since": result.frozen_since or "-"}
     if result.history:
         rows = [r.model_dump() for r in result.history]
         optional |= {
@@ -71,12 +78,10 @@ def _describe(step: StepContext, result: RetrievalMetricsResult) -> Described:
         }
     if result.real is not None:
         real = result.real
-        numbers |= {f"real_base_{k}": v for k, v in real.base.items()}
-        numbers |= {f"real_finetuned_{k}": v for k, v in real.finetuned.items()}
+        more, shown = query_set_metadata("real_", real)
+        numbers |= more
         optional |= {
-            "real_metrics_table": dg.MetadataValue.md(real.table),
-            **interval_metadata("real_", real.intervals),
-            "real_num_queries": real.num_queries,
+            **shown,
             "real_queries_source": dg.MetadataValue.path(real.source),
             "real_queries_by_level": dg.MetadataValue.json(real.levels),
             "real_positives_resolved": dg.MetadataValue.json(real.resolved),
